@@ -1,0 +1,209 @@
+//! Composition root: builds the store, services, media workers and HTTP listeners, and owns shutdown.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::media::{MediaConfig, MediaHandle};
+use crate::service::calls::{Hub, HubCommand, HubConfig, MediaNotice, MediaParticipant, MediaPlane};
+use crate::service::deployment;
+use crate::service::identity::IdentityService;
+use crate::service::store::Store;
+use crate::sfu::{ParticipantId, SfuEvent};
+
+/// How long open HTTP requests may take to finish after SIGTERM.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A started server: its bound addresses and handles for tests and `run`.
+pub struct Running {
+    /// Plain HTTP listener (127.0.0.1).
+    pub http_addr: SocketAddr,
+    /// HTTPS listener.
+    pub https_addr: SocketAddr,
+    /// Media UDP sockets.
+    pub media_addrs: Vec<SocketAddr>,
+    /// The connection string (primary key).
+    pub connection_string: String,
+    /// Path of the TLS certificate in use.
+    pub cert_path: PathBuf,
+    /// The identity service (tests sign unusual tokens with it).
+    pub identity: IdentityService,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    https: axum_server::Handle<SocketAddr>,
+    store: Store,
+}
+
+impl Running {
+    /// Drains: closes WebSockets (1001), stops listeners, waits up to [`DRAIN_GRACE`] for requests to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.https.graceful_shutdown(Some(DRAIN_GRACE));
+        for t in self.tasks {
+            let _ = tokio::time::timeout(DRAIN_GRACE + Duration::from_secs(2), t).await;
+        }
+        self.store.close().await;
+    }
+}
+
+/// Installs the process-wide crypto providers (rustls, str0m) once; a second call is a no-op.
+pub fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+    crate::sfu::install_crypto_provider();
+}
+
+/// The Prometheus recorder, installed once per process.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder is installed (tests embedding us): then rendering is empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+struct MediaAdapter(MediaHandle);
+
+impl MediaPlane for MediaAdapter {
+    fn offer(
+        &self,
+        call_id: String,
+        participant: MediaParticipant,
+        sdp: String,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+        let h = self.0.clone();
+        Box::pin(async move { h.offer(call_id, ParticipantId(participant), sdp).await.map_err(|e| e.to_string()) })
+    }
+
+    fn add_candidate(&self, participant: MediaParticipant, candidate: String) {
+        self.0.add_candidate(ParticipantId(participant), candidate);
+    }
+
+    fn remove(&self, participant: MediaParticipant) {
+        self.0.remove(ParticipantId(participant));
+    }
+}
+
+/// Starts everything and returns once every listener is bound.
+///
+/// # Errors
+/// Any failure to open the store, make keys or certificates, or bind a port, with context.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    install_crypto();
+    let metrics = metrics_handle();
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir).await.context("opening the store")?;
+    let (dep, created) = deployment::bootstrap(&store, crate::service::unix_now()).await?;
+    let connection_string = deployment::connection_string(&config.endpoint_host(), config.https_port, &dep.primary_key);
+    let cs_path = deployment::write_connection_string(&config.data_dir, &connection_string)?;
+    if created {
+        tracing::info!(resource_id = %dep.resource_id, path = %cs_path.display(), "new deployment: connection string written");
+    } else {
+        tracing::info!(path = %cs_path.display(), "connection string");
+    }
+    let identity = IdentityService::new(store.clone(), dep.resource_id.clone()).await?;
+
+    let names = crate::tls::subject_alt_names(config.public_host.as_deref(), config.public_ip);
+    let given = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
+    let cert = crate::tls::ensure_certificate(&config.data_dir, given, &names)?;
+    if cert.created {
+        tracing::info!(path = %cert.cert.display(), names = ?names, "self-signed certificate made: give clients this file as their CA (REQUESTS_CA_BUNDLE)");
+    }
+
+    let shutdown = CancellationToken::new();
+    let (media_tx, mut media_rx) = tokio::sync::mpsc::unbounded_channel::<SfuEvent>();
+    let (media, media_task) = crate::media::start(MediaConfig { port: config.media_port, public_ip: config.public_ip }, media_tx, shutdown.clone())
+        .await
+        .with_context(|| format!("binding media UDP port {}", config.media_port))?;
+    let media_addrs = media.local_addrs();
+    let hub = Hub::spawn(HubConfig { ring_timeout: Duration::from_secs(config.ring_timeout) }, Arc::new(MediaAdapter(media)));
+    let hub_for_media = hub.clone();
+    let media_events = tokio::spawn(async move {
+        while let Some(ev) = media_rx.recv().await {
+            let notice = match ev {
+                SfuEvent::Connected { participant } => MediaNotice::Connected(participant.0),
+                SfuEvent::Disconnected { participant, reason } => MediaNotice::Disconnected(participant.0, reason),
+            };
+            hub_for_media.send(HubCommand::Media(notice));
+        }
+    });
+
+    let state = AppState { identity: identity.clone(), hub, metrics, demo_for_all: config.demo, shutdown: shutdown.clone() };
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+
+    let http_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.http_port))
+        .await
+        .with_context(|| format!("binding HTTP port 127.0.0.1:{}", config.http_port))?;
+    let http_addr = http_listener.local_addr()?;
+    let http_shutdown = shutdown.clone();
+    let http_app = app.clone();
+    let http_task = tokio::spawn(async move {
+        let serve = axum::serve(http_listener, http_app).with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    });
+
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert, &cert.key)
+        .await
+        .with_context(|| format!("loading TLS certificate {} and key {}", cert.cert.display(), cert.key.display()))?;
+    let https = axum_server::Handle::new();
+    let https_bind = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, config.https_port));
+    let https_listener = std::net::TcpListener::bind(https_bind)
+        .or_else(|_| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, config.https_port)))
+        .with_context(|| format!("binding HTTPS port {}", config.https_port))?;
+    https_listener.set_nonblocking(true)?;
+    let https_addr = https_listener.local_addr()?;
+    let https_server = axum_server::from_tcp_rustls(https_listener, tls)?.handle(https.clone());
+    let https_task = tokio::spawn(async move {
+        if let Err(e) = https_server.serve(app).await {
+            tracing::error!(error = %e, "HTTPS listener failed");
+        }
+    });
+
+    tracing::info!(%http_addr, %https_addr, media = ?media_addrs, "switchboard listening");
+    Ok(Running {
+        http_addr,
+        https_addr,
+        media_addrs,
+        connection_string,
+        cert_path: cert.cert,
+        identity,
+        shutdown,
+        tasks: vec![http_task, https_task, media_task, media_events],
+        https,
+        store,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then drains.
+///
+/// # Errors
+/// Start-up failures (see [`start`]).
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

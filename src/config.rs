@@ -1,0 +1,237 @@
+//! Configuration: defaults, then `switchboard.toml` (or `--config FILE`), then `SWITCHBOARD_*` environment
+//! variables, then command-line flags. Every key is documented in `deploy/switchboard.sample.toml`.
+//! An invalid value is reported with its key; the binary exits with code 64 (EX_USAGE) before binding any port.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Server configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the SQLite store, the TLS certificate and the connection string (`./data`).
+    pub data_dir: PathBuf,
+    /// HTTPS + WSS port, all interfaces (8443).
+    pub https_port: u16,
+    /// Plain HTTP port, bound to 127.0.0.1 only (8080).
+    pub http_port: u16,
+    /// Media UDP port for WebRTC (10000).
+    pub media_port: u16,
+    /// Host name or address clients use to reach this server: put in the connection string and the certificate.
+    pub public_host: Option<String>,
+    /// Public IPv4/IPv6 of a 1:1 NAT (cloud VM): advertised as the media ICE candidate.
+    pub public_ip: Option<IpAddr>,
+    /// PEM certificate chain; with `tls_key`, replaces the self-signed certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Seconds an unanswered call rings before it ends with 408 (60).
+    pub ring_timeout: u64,
+    /// Serve the demo identity sample (`/demo/...`) to every client, not only to loopback ones (false).
+    pub demo: bool,
+    /// Log filter in `tracing` EnvFilter syntax (`info`).
+    pub log: String,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            https_port: 8443,
+            http_port: 8080,
+            media_port: 10000,
+            public_host: None,
+            public_ip: None,
+            tls_cert: None,
+            tls_key: None,
+            ring_timeout: 60,
+            demo: false,
+            log: "info".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Values given on the command line; `None` leaves the key to the file, the environment or the default.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--https-port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
+    /// `--http-port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    /// `--media-port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_port: Option<u16>,
+    /// `--public-host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_host: Option<String>,
+    /// `--public-ip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<IpAddr>,
+    /// `--tls-cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// `--ring-timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_timeout: Option<u64>,
+    /// `--demo`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demo: Option<bool>,
+}
+
+impl Config {
+    /// Loads the configuration: `file` (or `./switchboard.toml` when it exists), the given environment variables
+    /// (`SWITCHBOARD_*` keys), then `flags`; validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key whose value is invalid, or the unreadable file.
+    pub fn load(file: Option<&Path>, env: &[(String, String)], flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) if !f.exists() => return Err(ConfigError(format!("config file {} does not exist", f.display()))),
+            Some(f) => fig = fig.merge(Toml::file_exact(f)),
+            None if Path::new("switchboard.toml").exists() => fig = fig.merge(Toml::file_exact("switchboard.toml")),
+            None => {}
+        }
+        // Environment: a pure function of the pairs given, so tests need not touch the process environment.
+        let mut env_toml = toml_table(env);
+        env_toml.retain(|k, _| k != "config");
+        fig = fig.merge(Toml::string(&env_toml.to_string()));
+        fig = fig.merge(Serialized::defaults(flags));
+        let config: Config = fig.extract().map_err(|e| ConfigError(describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError("keys `tls_cert` and `tls_key` must be given together".into()));
+        }
+        if self.ring_timeout == 0 || self.ring_timeout > 3600 {
+            return Err(ConfigError(format!("key `ring_timeout`: must be 1..=3600 seconds, got {}", self.ring_timeout)));
+        }
+        if self.https_port != 0 && self.https_port == self.http_port {
+            return Err(ConfigError("keys `https_port` and `http_port` must differ".into()));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError(format!("key `log_format`: must be \"text\" or \"json\", got {:?}", self.log_format)));
+        }
+        if let Some(h) = &self.public_host {
+            if h.is_empty() || h.contains('/') || h.contains(' ') {
+                return Err(ConfigError(format!("key `public_host`: not a host name: {h:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The host clients use: `public_host`, else `public_ip`, else 127.0.0.1.
+    pub fn endpoint_host(&self) -> String {
+        self.public_host.clone().or_else(|| self.public_ip.map(|ip| ip.to_string())).unwrap_or_else(|| "127.0.0.1".into())
+    }
+}
+
+/// `SWITCHBOARD_HTTPS_PORT=8443` -> `https_port = 8443` (values parsed as TOML values when they are valid ones,
+/// else kept as strings), so types are checked by the same deserializer as the file.
+fn toml_table(env: &[(String, String)]) -> toml::Table {
+    let mut t = toml::Table::new();
+    for (k, v) in env {
+        let Some(key) = k.strip_prefix("SWITCHBOARD_") else { continue };
+        let key = key.to_ascii_lowercase();
+        let value = format!("v = {v}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.clone()));
+        t.insert(key, value);
+    }
+    t
+}
+
+/// Figment's error, with the key and source it came from.
+fn describe(e: &figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e.clone() {
+        let key = if err.path.is_empty() { "?".to_string() } else { err.path.join(".") };
+        let source = match err.metadata.as_ref().map(|m| m.name.to_string()) {
+            Some(n) if n == "TOML source string" => format!("environment variable SWITCHBOARD_{}", key.to_ascii_uppercase()),
+            Some(n) => n,
+            None => String::new(),
+        };
+        out.push(format!("key `{key}` ({source}): {}", err.kind));
+    }
+    out.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(c.https_port, 8443);
+        assert_eq!(c.http_port, 8080);
+        assert_eq!(c.media_port, 10000);
+        assert_eq!(c.ring_timeout, 60);
+    }
+
+    #[test]
+    fn env_then_flags() {
+        let e = env(&[("SWITCHBOARD_HTTPS_PORT", "9443"), ("SWITCHBOARD_PUBLIC_HOST", "calls.example.org"), ("PATH", "/bin")]);
+        let c = Config::load(None, &e, &Overrides::default()).unwrap();
+        assert_eq!(c.https_port, 9443);
+        assert_eq!(c.public_host.as_deref(), Some("calls.example.org"));
+        let flags = Overrides { https_port: Some(7443), ..Default::default() };
+        assert_eq!(Config::load(None, &e, &flags).unwrap().https_port, 7443);
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let err = Config::load(None, &env(&[("SWITCHBOARD_HTTPS_PORT", "lots")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("https_port"), "{err}");
+        let err = Config::load(None, &env(&[("SWITCHBOARD_RING_TIMEOUT", "0")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("ring_timeout"), "{err}");
+        let err = Config::load(None, &env(&[("SWITCHBOARD_PUBLIC_IP", "not-an-ip")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("public_ip"), "{err}");
+    }
+
+    #[test]
+    fn file_values_and_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("sbcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s.toml");
+        std::fs::write(&f, "media_port = 12000\nring_timeout = 30\n").unwrap();
+        let c = Config::load(Some(&f), &[], &Overrides::default()).unwrap();
+        assert_eq!((c.media_port, c.ring_timeout), (12000, 30));
+        std::fs::write(&f, "media_prot = 12000\n").unwrap();
+        let err = Config::load(Some(&f), &[], &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("media_prot"), "{err}");
+    }
+}

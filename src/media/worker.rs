@@ -1,0 +1,240 @@
+//! The worker task: owns the [`Sfu`] and the sockets, applies commands, moves datagrams, fires timers.
+
+use std::io;
+use std::net::SocketAddr;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, counter, gauge};
+use tokio::io::ReadBuf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Command;
+use super::sockets::MediaSocket;
+use crate::sfu::{Sfu, SfuEvent, SfuStats};
+
+/// Receive buffer: larger than any datagram a WebRTC peer sends (str0m and browsers stay under
+/// 1200-1500 bytes); longer datagrams are truncated by the kernel and then fail SRTP authentication.
+const RECV_BUFFER: usize = 2048;
+
+/// How long the worker sleeps when the SFU has no timer (no participants).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// At most one socket-error warning per this interval; the rest are counted.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+enum Step {
+    Stop,
+    Command(Option<Command>),
+    Datagram(usize, io::Result<(usize, SocketAddr)>),
+    Timeout,
+}
+
+/// Runs until `shutdown` is cancelled.
+pub(crate) async fn run(
+    mut sfu: Sfu,
+    sockets: Vec<MediaSocket>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<SfuEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut first_socket = 0;
+    let mut commands_open = true;
+    let mut meters = Meters::new();
+    loop {
+        flush(&mut sfu, &sockets, &events, &mut meters).await;
+        let deadline = sfu
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + IDLE_TICK);
+        let step = tokio::select! {
+            () = shutdown.cancelled() => Step::Stop,
+            command = commands.recv(), if commands_open => Step::Command(command),
+            (index, result) = recv_any(&sockets, &mut buf, first_socket) => Step::Datagram(index, result),
+            () = tokio::time::sleep_until(deadline.into()) => Step::Timeout,
+        };
+        match step {
+            Step::Stop => break,
+            Step::Command(Some(command)) => apply(&mut sfu, command),
+            Step::Command(None) => {
+                // Every handle is gone: no new participants, but running calls go on until shutdown.
+                commands_open = false;
+            }
+            Step::Datagram(index, Ok((len, source))) => {
+                first_socket = (index + 1) % sockets.len().max(1);
+                meters.packets_in.increment(1);
+                meters.bytes_in.increment(len as u64);
+                if let (Some(socket), Some(contents)) = (sockets.get(index), buf.get(..len)) {
+                    sfu.handle_receive(Instant::now(), source, socket.advertised, contents);
+                }
+            }
+            Step::Datagram(index, Err(e)) => {
+                // Typically ECONNREFUSED from an ICMP port-unreachable for an earlier send.
+                first_socket = (index + 1) % sockets.len().max(1);
+                meters.socket_error("receive", &e);
+                tokio::task::yield_now().await;
+            }
+            Step::Timeout => {}
+        }
+        // Timers are checked after every step, so a stream of datagrams cannot starve them.
+        let now = Instant::now();
+        if sfu.poll_timeout().is_some_and(|t| t <= now) {
+            sfu.handle_timeout(now);
+        }
+    }
+    flush(&mut sfu, &sockets, &events, &mut meters).await;
+    info!(
+        participants = sfu.participant_count(),
+        "media worker stopped"
+    );
+}
+
+fn apply(sfu: &mut Sfu, command: Command) {
+    match command {
+        Command::Offer {
+            room,
+            participant,
+            sdp,
+            reply,
+        } => {
+            let answer = sfu.handle_offer(Instant::now(), &room, participant, &sdp);
+            if let Err(e) = &answer {
+                info!(%participant, %room, error = %e, "offer refused");
+            }
+            // The requester may have given up waiting; nothing to do then.
+            let _ = reply.send(answer);
+        }
+        Command::AddCandidate {
+            participant,
+            candidate,
+        } => {
+            if let Err(e) = sfu.add_remote_candidate(participant, &candidate) {
+                info!(%participant, error = %e, "remote candidate refused");
+            }
+        }
+        Command::Remove { participant } => sfu.remove_participant(participant),
+    }
+}
+
+/// Waits for a datagram on any socket, polling them round-robin from `first` so that a busy socket
+/// cannot starve the others. Cancel-safe: nothing is received unless the future completes.
+async fn recv_any(
+    sockets: &[MediaSocket],
+    buf: &mut [u8],
+    first: usize,
+) -> (usize, io::Result<(usize, SocketAddr)>) {
+    let count = sockets.len();
+    std::future::poll_fn(|cx| {
+        for offset in 0..count {
+            let index = (first + offset) % count;
+            let mut read = ReadBuf::new(&mut *buf);
+            // Indexing cannot fail: index < count == sockets.len().
+            match sockets[index].socket.poll_recv_from(cx, &mut read) {
+                Poll::Ready(Ok(source)) => {
+                    return Poll::Ready((index, Ok((read.filled().len(), source))));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready((index, Err(e))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Sends what the SFU produced, passes its events on, and updates the metrics.
+async fn flush(
+    sfu: &mut Sfu,
+    sockets: &[MediaSocket],
+    events: &mpsc::UnboundedSender<SfuEvent>,
+    meters: &mut Meters,
+) {
+    while let Some(transmit) = sfu.poll_transmit() {
+        let Some(socket) = sockets.iter().find(|s| s.advertised == transmit.source) else {
+            // Cannot happen: str0m only sends from the candidates the SFU was given, which are ours.
+            debug!(source = %transmit.source, "no socket for transmit source");
+            continue;
+        };
+        match socket
+            .socket
+            .send_to(&transmit.contents, transmit.destination)
+            .await
+        {
+            Ok(len) => {
+                meters.packets_out.increment(1);
+                meters.bytes_out.increment(len as u64);
+            }
+            Err(e) => meters.socket_error("send", &e),
+        }
+    }
+    while let Some(event) = sfu.poll_event() {
+        if events.send(event).is_err() {
+            debug!("media event receiver gone; event dropped");
+        }
+    }
+    meters.publish(sfu);
+}
+
+/// Metric handles, and what is needed to turn the SFU's cumulative counters into increments.
+struct Meters {
+    packets_in: Counter,
+    packets_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    keyframe_requests: Counter,
+    socket_errors: Counter,
+    participants: Gauge,
+    rooms: Gauge,
+    reported: SfuStats,
+    last_error_log: Option<Instant>,
+    suppressed_errors: u64,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Meters {
+            packets_in: counter!("switchboard_media_packets_in_total"),
+            packets_out: counter!("switchboard_media_packets_out_total"),
+            bytes_in: counter!("switchboard_media_bytes_in_total"),
+            bytes_out: counter!("switchboard_media_bytes_out_total"),
+            keyframe_requests: counter!("switchboard_media_keyframe_requests_total"),
+            socket_errors: counter!("switchboard_media_socket_errors_total"),
+            participants: gauge!("switchboard_media_participants"),
+            rooms: gauge!("switchboard_media_rooms"),
+            reported: SfuStats::default(),
+            last_error_log: None,
+            suppressed_errors: 0,
+        }
+    }
+
+    fn publish(&mut self, sfu: &Sfu) {
+        let stats = sfu.stats();
+        let requests = stats.keyframe_requests_forwarded + stats.keyframe_requests_generated;
+        let reported =
+            self.reported.keyframe_requests_forwarded + self.reported.keyframe_requests_generated;
+        self.keyframe_requests
+            .increment(requests.saturating_sub(reported));
+        self.reported = stats;
+        self.participants.set(sfu.participant_count() as f64);
+        self.rooms.set(sfu.room_count() as f64);
+    }
+
+    /// Counts a failed send or receive; logs it unless one was logged recently. Never fatal: one
+    /// datagram is lost, UDP tolerates that.
+    fn socket_error(&mut self, op: &str, error: &io::Error) {
+        self.socket_errors.increment(1);
+        let now = Instant::now();
+        if self
+            .last_error_log
+            .is_some_and(|last| now.duration_since(last) < ERROR_LOG_INTERVAL)
+        {
+            self.suppressed_errors += 1;
+            return;
+        }
+        warn!(op, %error, suppressed = self.suppressed_errors, "media socket error");
+        self.last_error_log = Some(now);
+        self.suppressed_errors = 0;
+    }
+}

@@ -1,0 +1,321 @@
+//! Signaling message types (docs/protocol.md) and a decoder that says exactly what is wrong with a frame.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest text frame accepted, in bytes (64 KiB); larger frames close the socket with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// A client-chosen request id: a string or a number, echoed in the response.
+pub type RequestId = Value;
+
+/// A call target. Only communication users exist in this version; phone numbers come with the SIP gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// `8:acs:{resourceId}_{uuid}`.
+    pub communication_user_id: String,
+}
+
+/// A trickle ICE candidate as `RTCIceCandidate.toJSON()` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    /// The `candidate:...` attribute; empty means end of candidates.
+    pub candidate: String,
+    /// The media section's mid.
+    #[serde(default)]
+    pub sdp_mid: Option<String>,
+    /// The media section's index.
+    #[serde(default)]
+    pub sdp_m_line_index: Option<u32>,
+}
+
+/// Messages a client sends. Requests carry `id`; `IceCandidate` is a notice without one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// First frame: the user access token.
+    Auth { id: RequestId, token: String, display_name: Option<String> },
+    /// Heartbeat request.
+    Ping { id: RequestId },
+    /// Start a 1:1 call.
+    StartCall { id: RequestId, targets: Vec<Target>, video: bool },
+    /// Answer an incoming call.
+    Accept { id: RequestId, call_id: String },
+    /// Decline an incoming call.
+    Reject { id: RequestId, call_id: String },
+    /// Leave (and in 1:1, end) a call.
+    HangUp { id: RequestId, call_id: String, for_everyone: bool },
+    /// SDP offer for this connection's media session in a call.
+    Offer { id: RequestId, call_id: String, sdp: String },
+    /// Microphone muted.
+    Mute { id: RequestId, call_id: String },
+    /// Microphone unmuted.
+    Unmute { id: RequestId, call_id: String },
+    /// Trickle ICE candidate (notice).
+    IceCandidate { call_id: String, candidate: IceCandidate },
+}
+
+impl ClientMessage {
+    /// The request id, when the message is a request.
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            ClientMessage::Auth { id, .. }
+            | ClientMessage::Ping { id }
+            | ClientMessage::StartCall { id, .. }
+            | ClientMessage::Accept { id, .. }
+            | ClientMessage::Reject { id, .. }
+            | ClientMessage::HangUp { id, .. }
+            | ClientMessage::Offer { id, .. }
+            | ClientMessage::Mute { id, .. }
+            | ClientMessage::Unmute { id, .. } => Some(id),
+            ClientMessage::IceCandidate { .. } => None,
+        }
+    }
+}
+
+/// Why a frame could not be decoded. `id` is the frame's request id when one could be read, so the reply can be a
+/// failed `response` rather than a bare `error` event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    /// The request id, if the frame had a readable one.
+    pub id: Option<RequestId>,
+    /// What is wrong, for humans: names the field or the type.
+    pub message: String,
+}
+
+fn err(id: Option<&Value>, message: impl Into<String>) -> DecodeError {
+    DecodeError { id: id.cloned(), message: message.into() }
+}
+
+fn field_str(obj: &serde_json::Map<String, Value>, id: Option<&Value>, ty: &str, name: &str) -> Result<String, DecodeError> {
+    match obj.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(err(id, format!("field \"{name}\" of \"{ty}\" must be a string"))),
+        None => Err(err(id, format!("\"{ty}\" needs field \"{name}\""))),
+    }
+}
+
+fn field_bool(obj: &serde_json::Map<String, Value>, id: Option<&Value>, ty: &str, name: &str) -> Result<bool, DecodeError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(err(id, format!("field \"{name}\" of \"{ty}\" must be a boolean"))),
+    }
+}
+
+/// Decodes one text frame.
+///
+/// # Errors
+/// A [`DecodeError`] saying what is wrong: not JSON, not an object, no or non-string `type`, unknown `type`,
+/// a request without `id`, a missing or mistyped field.
+pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| err(None, format!("frame is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(err(None, "frame must be a JSON object"));
+    };
+    let id = match obj.get("id") {
+        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(err(None, "field \"id\" must be a string or a number")),
+    };
+    let ty = match obj.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(_) => return Err(err(id, "field \"type\" must be a string")),
+        None => return Err(err(id, "frame needs field \"type\"")),
+    };
+    let need_id = || id.cloned().ok_or_else(|| err(None, format!("request \"{ty}\" needs field \"id\"")));
+    let s = |name: &str| field_str(&obj, id, ty, name);
+    let msg = match ty {
+        "auth" => ClientMessage::Auth {
+            id: need_id()?,
+            token: s("token")?,
+            display_name: match obj.get("displayName") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => Some(n.chars().take(256).collect()),
+                Some(_) => return Err(err(id, "field \"displayName\" of \"auth\" must be a string")),
+            },
+        },
+        "ping" => ClientMessage::Ping { id: need_id()? },
+        "startCall" => {
+            let targets = match obj.get("targets") {
+                Some(t) => serde_json::from_value::<Vec<Target>>(t.clone()).map_err(|e| {
+                    err(id, format!("field \"targets\" of \"startCall\" must be a list of {{communicationUserId}}: {e}"))
+                })?,
+                None => return Err(err(id, "\"startCall\" needs field \"targets\"")),
+            };
+            ClientMessage::StartCall { id: need_id()?, targets, video: field_bool(&obj, id, ty, "video")? }
+        }
+        "accept" => ClientMessage::Accept { id: need_id()?, call_id: s("callId")? },
+        "reject" => ClientMessage::Reject { id: need_id()?, call_id: s("callId")? },
+        "hangUp" => ClientMessage::HangUp {
+            id: need_id()?,
+            call_id: s("callId")?,
+            for_everyone: field_bool(&obj, id, ty, "forEveryone")?,
+        },
+        "offer" => ClientMessage::Offer { id: need_id()?, call_id: s("callId")?, sdp: s("sdp")? },
+        "mute" => ClientMessage::Mute { id: need_id()?, call_id: s("callId")? },
+        "unmute" => ClientMessage::Unmute { id: need_id()?, call_id: s("callId")? },
+        "iceCandidate" => {
+            let candidate = match obj.get("candidate") {
+                Some(c) => serde_json::from_value::<IceCandidate>(c.clone()).map_err(|e| {
+                    err(id, format!("field \"candidate\" of \"iceCandidate\" must be {{candidate, sdpMid, sdpMLineIndex}}: {e}"))
+                })?,
+                None => return Err(err(id, "\"iceCandidate\" needs field \"candidate\"")),
+            };
+            ClientMessage::IceCandidate { call_id: s("callId")?, candidate }
+        }
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(err(id, format!("unknown message type {shown:?}")));
+        }
+    };
+    Ok(msg)
+}
+
+/// Why a call ended, as the ACS Calling SDK reports it (`callEndReason`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndReason {
+    /// SIP-like code: 0 normal, 408 timeout, 480 offline, 487 cancelled, 603 declined.
+    pub code: u16,
+    /// Finer reason (see docs/protocol.md).
+    pub subcode: u32,
+    /// Human-readable text.
+    pub message: String,
+}
+
+impl EndReason {
+    /// Builds an end reason.
+    pub fn new(code: u16, subcode: u32, message: impl Into<String>) -> EndReason {
+        EndReason { code, subcode, message: message.into() }
+    }
+}
+
+/// A participant as other participants see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantInfo {
+    /// Identity of the participant.
+    pub communication_user_id: String,
+    /// Name given at `auth`.
+    pub display_name: Option<String>,
+    /// ACS participant state (`Connecting`, `Ringing`, `Connected`, `Disconnected`).
+    pub state: String,
+    /// Microphone muted.
+    pub is_muted: bool,
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ServerMessage {
+    /// Answer to a request.
+    Response {
+        /// The request's id.
+        id: RequestId,
+        /// Success.
+        ok: bool,
+        /// Present on success.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<Value>,
+        /// Present on failure: `{code, message}`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<Value>,
+    },
+    /// A problem with a frame that had no usable id.
+    Error {
+        /// `{code, message}`.
+        error: Value,
+    },
+    /// Someone calls this identity.
+    #[serde(rename_all = "camelCase")]
+    IncomingCall { call_id: String, caller: Target, caller_display_name: Option<String>, video: bool },
+    /// An incoming call went away before this connection answered.
+    #[serde(rename_all = "camelCase")]
+    IncomingCallEnded { call_id: String, end_reason: EndReason },
+    /// The call's state as this connection sees it.
+    #[serde(rename_all = "camelCase")]
+    CallStateChanged {
+        call_id: String,
+        state: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        end_reason: Option<EndReason>,
+    },
+    /// Remote participants changed.
+    #[serde(rename_all = "camelCase")]
+    ParticipantsUpdated {
+        call_id: String,
+        added: Vec<ParticipantInfo>,
+        removed: Vec<ParticipantInfo>,
+        updated: Vec<ParticipantInfo>,
+    },
+}
+
+impl ServerMessage {
+    /// A successful response.
+    pub fn ok(id: RequestId, result: Value) -> ServerMessage {
+        ServerMessage::Response { id, ok: true, result: Some(result), error: None }
+    }
+
+    /// A failed response.
+    pub fn fail(id: RequestId, code: &str, message: impl Into<String>) -> ServerMessage {
+        let error = serde_json::json!({ "code": code, "message": message.into() });
+        ServerMessage::Response { id, ok: false, result: None, error: Some(error) }
+    }
+
+    /// An `error` event.
+    pub fn error(code: &str, message: impl Into<String>) -> ServerMessage {
+        ServerMessage::Error { error: serde_json::json!({ "code": code, "message": message.into() }) }
+    }
+
+    /// The JSON text frame.
+    pub fn to_json(&self) -> String {
+        // Serialising these types cannot fail: all keys are strings and values are plain data.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_requests() {
+        let m = decode_client_message(r#"{"type":"startCall","id":3,"targets":[{"communicationUserId":"8:acs:a_b"}]}"#);
+        assert_eq!(
+            m.unwrap(),
+            ClientMessage::StartCall {
+                id: Value::from(3),
+                targets: vec![Target { communication_user_id: "8:acs:a_b".into() }],
+                video: false
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert!(decode_client_message("{").unwrap_err().message.contains("not valid JSON"));
+        assert!(decode_client_message("[]").unwrap_err().message.contains("JSON object"));
+        let e = decode_client_message(r#"{"type":"dial","id":"x"}"#).unwrap_err();
+        assert_eq!(e.id, Some(Value::from("x")));
+        assert!(e.message.contains("unknown message type \"dial\""));
+        let e = decode_client_message(r#"{"type":"accept","id":1}"#).unwrap_err();
+        assert!(e.message.contains("\"callId\""), "{}", e.message);
+        let e = decode_client_message(r#"{"type":"accept","callId":"c"}"#).unwrap_err();
+        assert!(e.message.contains("needs field \"id\""), "{}", e.message);
+    }
+
+    #[test]
+    fn server_messages_serialize_as_documented() {
+        let m = ServerMessage::CallStateChanged {
+            call_id: "c".into(),
+            state: "Disconnected",
+            end_reason: Some(EndReason::new(603, 0, "declined")),
+        };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"callStateChanged","callId":"c","state":"Disconnected","endReason":{"code":603,"subcode":0,"message":"declined"}}"#
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The signaling protocol (docs/protocol.md): message types and their decoder.
+//!
+//! Pure data and parsing; the per-connection session and call control live in `service::calls` and `http::ws`.
+
+mod message;
+
+pub use message::{
+    ClientMessage, DecodeError, EndReason, IceCandidate, MAX_FRAME_BYTES, ParticipantInfo, RequestId, ServerMessage,
+    Target, decode_client_message,
+};
