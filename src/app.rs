@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::media::{MediaConfig, MediaHandle};
-use crate::service::calls::{Hub, HubCommand, HubConfig, MediaNotice, MediaParticipant, MediaPlane};
+use crate::service::calls::{
+    Hub, HubCommand, HubConfig, MediaNotice, MediaParticipant, MediaPlane,
+};
 use crate::service::deployment;
 use crate::service::identity::IdentityService;
 use crate::service::store::Store;
@@ -88,7 +90,11 @@ impl MediaPlane for MediaAdapter {
         sdp: String,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
         let h = self.0.clone();
-        Box::pin(async move { h.offer(call_id, ParticipantId(participant), sdp).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            h.offer(call_id, ParticipantId(participant), sdp)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn add_candidate(&self, participant: MediaParticipant, candidate: String) {
@@ -107,10 +113,14 @@ impl MediaPlane for MediaAdapter {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     install_crypto();
     let metrics = metrics_handle();
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir).await.context("opening the store")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir)
+        .await
+        .context("opening the store")?;
     let (dep, created) = deployment::bootstrap(&store, crate::service::unix_now()).await?;
-    let connection_string = deployment::connection_string(&config.endpoint_host(), config.https_port, &dep.primary_key);
+    let connection_string =
+        deployment::connection_string(&config.endpoint_host(), config.https_port, &dep.primary_key);
     let cs_path = deployment::write_connection_string(&config.data_dir, &connection_string)?;
     if created {
         tracing::info!(resource_id = %dep.resource_id, path = %cs_path.display(), "new deployment: connection string written");
@@ -128,23 +138,44 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let shutdown = CancellationToken::new();
     let (media_tx, mut media_rx) = tokio::sync::mpsc::unbounded_channel::<SfuEvent>();
-    let (media, media_task) = crate::media::start(MediaConfig { port: config.media_port, public_ip: config.public_ip }, media_tx, shutdown.clone())
-        .await
-        .with_context(|| format!("binding media UDP port {}", config.media_port))?;
+    let (media, media_task) = crate::media::start(
+        MediaConfig {
+            port: config.media_port,
+            public_ip: config.public_ip,
+        },
+        media_tx,
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("binding media UDP port {}", config.media_port))?;
     let media_addrs = media.local_addrs();
-    let hub = Hub::spawn(HubConfig { ring_timeout: Duration::from_secs(config.ring_timeout) }, Arc::new(MediaAdapter(media)));
+    let hub = Hub::spawn(
+        HubConfig {
+            ring_timeout: Duration::from_secs(config.ring_timeout),
+        },
+        Arc::new(MediaAdapter(media)),
+    );
     let hub_for_media = hub.clone();
     let media_events = tokio::spawn(async move {
         while let Some(ev) = media_rx.recv().await {
             let notice = match ev {
                 SfuEvent::Connected { participant } => MediaNotice::Connected(participant.0),
-                SfuEvent::Disconnected { participant, reason } => MediaNotice::Disconnected(participant.0, reason),
+                SfuEvent::Disconnected {
+                    participant,
+                    reason,
+                } => MediaNotice::Disconnected(participant.0, reason),
             };
             hub_for_media.send(HubCommand::Media(notice));
         }
     });
 
-    let state = AppState { identity: identity.clone(), hub, metrics, demo_for_all: config.demo, shutdown: shutdown.clone() };
+    let state = AppState {
+        identity: identity.clone(),
+        hub,
+        metrics,
+        demo_for_all: config.demo,
+        shutdown: shutdown.clone(),
+    };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
 
     let http_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.http_port))
@@ -154,7 +185,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http_shutdown = shutdown.clone();
     let http_app = app.clone();
     let http_task = tokio::spawn(async move {
-        let serve = axum::serve(http_listener, http_app).with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+        let serve = axum::serve(http_listener, http_app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP listener failed");
         }
@@ -162,7 +194,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert.cert, &cert.key)
         .await
-        .with_context(|| format!("loading TLS certificate {} and key {}", cert.cert.display(), cert.key.display()))?;
+        .with_context(|| {
+            format!(
+                "loading TLS certificate {} and key {}",
+                cert.cert.display(),
+                cert.key.display()
+            )
+        })?;
     let https = axum_server::Handle::new();
     let https_bind = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, config.https_port));
     let https_listener = std::net::TcpListener::bind(https_bind)

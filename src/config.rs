@@ -104,12 +104,23 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] naming the key whose value is invalid, or the unreadable file.
-    pub fn load(file: Option<&Path>, env: &[(String, String)], flags: &Overrides) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match file {
-            Some(f) if !f.exists() => return Err(ConfigError(format!("config file {} does not exist", f.display()))),
+            Some(f) if !f.exists() => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
             Some(f) => fig = fig.merge(Toml::file_exact(f)),
-            None if Path::new("switchboard.toml").exists() => fig = fig.merge(Toml::file_exact("switchboard.toml")),
+            None if Path::new("switchboard.toml").exists() => {
+                fig = fig.merge(Toml::file_exact("switchboard.toml"))
+            }
             None => {}
         }
         // Environment: a pure function of the pairs given, so tests need not touch the process environment.
@@ -128,28 +139,43 @@ impl Config {
     /// [`ConfigError`] naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(ConfigError("keys `tls_cert` and `tls_key` must be given together".into()));
+            return Err(ConfigError(
+                "keys `tls_cert` and `tls_key` must be given together".into(),
+            ));
         }
         if self.ring_timeout == 0 || self.ring_timeout > 3600 {
-            return Err(ConfigError(format!("key `ring_timeout`: must be 1..=3600 seconds, got {}", self.ring_timeout)));
+            return Err(ConfigError(format!(
+                "key `ring_timeout`: must be 1..=3600 seconds, got {}",
+                self.ring_timeout
+            )));
         }
         if self.https_port != 0 && self.https_port == self.http_port {
-            return Err(ConfigError("keys `https_port` and `http_port` must differ".into()));
+            return Err(ConfigError(
+                "keys `https_port` and `http_port` must differ".into(),
+            ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err(ConfigError(format!("key `log_format`: must be \"text\" or \"json\", got {:?}", self.log_format)));
+            return Err(ConfigError(format!(
+                "key `log_format`: must be \"text\" or \"json\", got {:?}",
+                self.log_format
+            )));
         }
-        if let Some(h) = &self.public_host {
-            if h.is_empty() || h.contains('/') || h.contains(' ') {
-                return Err(ConfigError(format!("key `public_host`: not a host name: {h:?}")));
-            }
+        if let Some(h) = &self.public_host
+            && (h.is_empty() || h.contains('/') || h.contains(' '))
+        {
+            return Err(ConfigError(format!(
+                "key `public_host`: not a host name: {h:?}"
+            )));
         }
         Ok(())
     }
 
     /// The host clients use: `public_host`, else `public_ip`, else 127.0.0.1.
     pub fn endpoint_host(&self) -> String {
-        self.public_host.clone().or_else(|| self.public_ip.map(|ip| ip.to_string())).unwrap_or_else(|| "127.0.0.1".into())
+        self.public_host
+            .clone()
+            .or_else(|| self.public_ip.map(|ip| ip.to_string()))
+            .unwrap_or_else(|| "127.0.0.1".into())
     }
 }
 
@@ -158,7 +184,9 @@ impl Config {
 fn toml_table(env: &[(String, String)]) -> toml::Table {
     let mut t = toml::Table::new();
     for (k, v) in env {
-        let Some(key) = k.strip_prefix("SWITCHBOARD_") else { continue };
+        let Some(key) = k.strip_prefix("SWITCHBOARD_") else {
+            continue;
+        };
         let key = key.to_ascii_lowercase();
         let value = format!("v = {v}")
             .parse::<toml::Table>()
@@ -174,9 +202,16 @@ fn toml_table(env: &[(String, String)]) -> toml::Table {
 fn describe(e: &figment::Error) -> String {
     let mut out = Vec::new();
     for err in e.clone() {
-        let key = if err.path.is_empty() { "?".to_string() } else { err.path.join(".") };
+        let key = if err.path.is_empty() {
+            "?".to_string()
+        } else {
+            err.path.join(".")
+        };
         let source = match err.metadata.as_ref().map(|m| m.name.to_string()) {
-            Some(n) if n == "TOML source string" => format!("environment variable SWITCHBOARD_{}", key.to_ascii_uppercase()),
+            Some(n) if n == "TOML source string" => format!(
+                "environment variable SWITCHBOARD_{}",
+                key.to_ascii_uppercase()
+            ),
             Some(n) => n,
             None => String::new(),
         };
@@ -190,7 +225,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -204,21 +242,43 @@ mod tests {
 
     #[test]
     fn env_then_flags() {
-        let e = env(&[("SWITCHBOARD_HTTPS_PORT", "9443"), ("SWITCHBOARD_PUBLIC_HOST", "calls.example.org"), ("PATH", "/bin")]);
+        let e = env(&[
+            ("SWITCHBOARD_HTTPS_PORT", "9443"),
+            ("SWITCHBOARD_PUBLIC_HOST", "calls.example.org"),
+            ("PATH", "/bin"),
+        ]);
         let c = Config::load(None, &e, &Overrides::default()).unwrap();
         assert_eq!(c.https_port, 9443);
         assert_eq!(c.public_host.as_deref(), Some("calls.example.org"));
-        let flags = Overrides { https_port: Some(7443), ..Default::default() };
+        let flags = Overrides {
+            https_port: Some(7443),
+            ..Default::default()
+        };
         assert_eq!(Config::load(None, &e, &flags).unwrap().https_port, 7443);
     }
 
     #[test]
     fn invalid_value_names_the_key() {
-        let err = Config::load(None, &env(&[("SWITCHBOARD_HTTPS_PORT", "lots")]), &Overrides::default()).unwrap_err();
+        let err = Config::load(
+            None,
+            &env(&[("SWITCHBOARD_HTTPS_PORT", "lots")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("https_port"), "{err}");
-        let err = Config::load(None, &env(&[("SWITCHBOARD_RING_TIMEOUT", "0")]), &Overrides::default()).unwrap_err();
+        let err = Config::load(
+            None,
+            &env(&[("SWITCHBOARD_RING_TIMEOUT", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("ring_timeout"), "{err}");
-        let err = Config::load(None, &env(&[("SWITCHBOARD_PUBLIC_IP", "not-an-ip")]), &Overrides::default()).unwrap_err();
+        let err = Config::load(
+            None,
+            &env(&[("SWITCHBOARD_PUBLIC_IP", "not-an-ip")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("public_ip"), "{err}");
     }
 

@@ -13,7 +13,11 @@ use switchboard::service::store::{KeyKind, Store};
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "switchboard", version, about = "Self-hosted communications server")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Self-hosted communications server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,8 +158,11 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();
     } else {
@@ -164,7 +171,10 @@ fn init_tracing(config: &Config) {
 }
 
 fn keys(action: KeysAction) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchboard: {e}");
@@ -177,10 +187,21 @@ fn keys(action: KeysAction) -> ExitCode {
             KeysAction::Rotate { data_dir, key } => (data_dir, key, true),
         };
         if !data_dir.join("switchboard.db").exists() {
-            anyhow::bail!("no deployment in {}: run `switchboard serve --data-dir {}` once", data_dir.display(), data_dir.display());
+            anyhow::bail!(
+                "no deployment in {}: run `switchboard serve --data-dir {}` once",
+                data_dir.display(),
+                data_dir.display()
+            );
         }
         let env: Vec<(String, String)> = std::env::vars().collect();
-        let config = Config::load(None, &env, &Overrides { data_dir: Some(data_dir.clone()), ..Default::default() })?;
+        let config = Config::load(
+            None,
+            &env,
+            &Overrides {
+                data_dir: Some(data_dir.clone()),
+                ..Default::default()
+            },
+        )?;
         let store = Store::open(&data_dir).await?;
         let kind = match which {
             Which::Primary => KeyKind::Primary,
@@ -189,7 +210,10 @@ fn keys(action: KeysAction) -> ExitCode {
         let dep = if rotate {
             deployment::rotate_key(&store, kind).await?
         } else {
-            store.deployment().await?.ok_or(deployment::DeploymentError::NotInitialised)?
+            store
+                .deployment()
+                .await?
+                .ok_or(deployment::DeploymentError::NotInitialised)?
         };
         let key = match kind {
             KeyKind::Primary => &dep.primary_key,
@@ -197,8 +221,13 @@ fn keys(action: KeysAction) -> ExitCode {
         };
         // Keep the endpoint the server wrote (it knows its real port and host); only the key changes.
         let written = std::fs::read_to_string(deployment::connection_string_path(&data_dir)).ok();
-        let cs = match written.as_deref().and_then(|s| s.trim().split(";accesskey=").next()) {
-            Some(endpoint) if endpoint.starts_with("endpoint=") => format!("{endpoint};accesskey={key}"),
+        let cs = match written
+            .as_deref()
+            .and_then(|s| s.trim().split(";accesskey=").next())
+        {
+            Some(endpoint) if endpoint.starts_with("endpoint=") => {
+                format!("{endpoint};accesskey={key}")
+            }
             _ => deployment::connection_string(&config.endpoint_host(), config.https_port, key),
         };
         if rotate && matches!(kind, KeyKind::Primary) {

@@ -34,10 +34,10 @@ pub struct CertPaths {
 /// Names the self-signed certificate covers: localhost, 127.0.0.1, ::1, the hostname, and `public_host`/`public_ip`.
 pub fn subject_alt_names(public_host: Option<&str>, public_ip: Option<IpAddr>) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-    if let Ok(h) = hostname::get() {
-        if let Some(h) = h.to_str() {
-            names.push(h.to_string());
-        }
+    if let Ok(h) = hostname::get()
+        && let Some(h) = h.to_str()
+    {
+        names.push(h.to_string());
     }
     names.extend(public_host.map(str::to_string));
     names.extend(public_ip.map(|ip| ip.to_string()));
@@ -52,9 +52,17 @@ pub fn subject_alt_names(public_host: Option<&str>, public_ip: Option<IpAddr>) -
 ///
 /// # Errors
 /// [`TlsError`] when files cannot be written or the certificate cannot be generated.
-pub fn ensure_certificate(data_dir: &Path, given: Option<(&Path, &Path)>, names: &[String]) -> Result<CertPaths, TlsError> {
+pub fn ensure_certificate(
+    data_dir: &Path,
+    given: Option<(&Path, &Path)>,
+    names: &[String],
+) -> Result<CertPaths, TlsError> {
     if let Some((cert, key)) = given {
-        return Ok(CertPaths { cert: cert.to_path_buf(), key: key.to_path_buf(), created: false });
+        return Ok(CertPaths {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            created: false,
+        });
     }
     let dir = data_dir.join("tls");
     let cert = dir.join("cert.pem");
@@ -65,25 +73,46 @@ pub fn ensure_certificate(data_dir: &Path, given: Option<(&Path, &Path)>, names:
         let path = path.to_path_buf();
         move |source| TlsError::Io { path, source }
     };
-    if cert.exists() && key.exists() && std::fs::read_to_string(&names_file).ok().as_deref() == Some(wanted.as_str()) {
-        return Ok(CertPaths { cert, key, created: false });
+    if cert.exists()
+        && key.exists()
+        && std::fs::read_to_string(&names_file).ok().as_deref() == Some(wanted.as_str())
+    {
+        return Ok(CertPaths {
+            cert,
+            key,
+            created: false,
+        });
     }
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| TlsError::Generate(e.to_string()))?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Switchboard self-signed");
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Switchboard self-signed");
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2035, 1, 1);
     let kp = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
-    let c = params.self_signed(&kp).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let c = params
+        .self_signed(&kp)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     write_private(&key, kp.serialize_pem().as_bytes()).map_err(io(&key))?;
     std::fs::write(&cert, c.pem()).map_err(io(&cert))?;
     std::fs::write(&names_file, wanted).map_err(io(&names_file))?;
-    Ok(CertPaths { cert, key, created: true })
+    Ok(CertPaths {
+        cert,
+        key,
+        created: true,
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)
 }

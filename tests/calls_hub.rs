@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard::proto::signal::{ClientMessage, Target};
-use switchboard::service::calls::{Hub, HubCommand, HubConfig, MediaNotice, MediaParticipant, MediaPlane, Outbound};
+use switchboard::service::calls::{
+    Hub, HubCommand, HubConfig, MediaNotice, MediaParticipant, MediaPlane, Outbound,
+};
 use tokio::sync::mpsc;
 
 #[derive(Default)]
@@ -14,7 +16,12 @@ struct FakeMedia {
 }
 
 impl MediaPlane for FakeMedia {
-    fn offer(&self, _: String, p: MediaParticipant, _: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+    fn offer(
+        &self,
+        _: String,
+        p: MediaParticipant,
+        _: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
         Box::pin(async move { Ok(format!("answer-for-{p}")) })
     }
     fn add_candidate(&self, _: MediaParticipant, _: String) {}
@@ -31,12 +38,21 @@ struct Conn {
 fn register(hub: &Hub, identity: &str) -> Conn {
     let (tx, rx) = mpsc::unbounded_channel();
     let id = hub.next_conn_id();
-    hub.send(HubCommand::Register { conn: id, identity: identity.into(), display_name: Some(identity.into()), out: tx });
+    hub.send(HubCommand::Register {
+        conn: id,
+        identity: identity.into(),
+        display_name: Some(identity.into()),
+        out: tx,
+    });
     Conn { id, rx }
 }
 
 async fn next(c: &mut Conn) -> Value {
-    match tokio::time::timeout(Duration::from_secs(1), c.rx.recv()).await.expect("a message").expect("open") {
+    match tokio::time::timeout(Duration::from_secs(1), c.rx.recv())
+        .await
+        .expect("a message")
+        .expect("open")
+    {
         Outbound::Message(m) => serde_json::from_str(&m.to_json()).unwrap(),
         Outbound::Close { code, reason } => json!({ "close": code, "reason": reason }),
     }
@@ -55,7 +71,13 @@ async fn until(c: &mut Conn, pred: impl Fn(&Value) -> bool) -> Value {
 fn start_call(hub: &Hub, conn: &Conn, callee: &str) {
     hub.send(HubCommand::Client {
         conn: conn.id,
-        msg: ClientMessage::StartCall { id: json!(1), targets: vec![Target { communication_user_id: callee.into() }], video: false },
+        msg: ClientMessage::StartCall {
+            id: json!(1),
+            targets: vec![Target {
+                communication_user_id: callee.into(),
+            }],
+            video: false,
+        },
     });
 }
 
@@ -78,26 +100,54 @@ async fn ring_timeout_ends_with_408_after_60s() {
     assert!(a.rx.try_recv().is_err(), "nothing before the ring timeout");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let d = until(&mut a, |v| v["state"] == "Disconnected").await;
-    assert_eq!((d["callId"].as_str(), d["endReason"]["code"].as_u64()), (Some(id.as_str()), Some(408)));
+    assert_eq!(
+        (d["callId"].as_str(), d["endReason"]["code"].as_u64()),
+        (Some(id.as_str()), Some(408))
+    );
     let e = until(&mut b, |v| v["type"] == "incomingCallEnded").await;
     assert_eq!(e["endReason"]["code"], 408);
-    assert_eq!(media.removed.lock().unwrap().len(), 1, "the caller's media participant is freed");
+    assert_eq!(
+        media.removed.lock().unwrap().len(),
+        1,
+        "the caller's media participant is freed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn answered_call_does_not_time_out() {
-    let hub = Hub::spawn(HubConfig { ring_timeout: Duration::from_secs(5) }, Arc::new(FakeMedia::default()));
+    let hub = Hub::spawn(
+        HubConfig {
+            ring_timeout: Duration::from_secs(5),
+        },
+        Arc::new(FakeMedia::default()),
+    );
     let mut a = register(&hub, "8:acs:r_a");
     let mut b = register(&hub, "8:acs:r_b");
     start_call(&hub, &a, "8:acs:r_b");
     let id = call_id(&mut a).await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
-    hub.send(HubCommand::Client { conn: b.id, msg: ClientMessage::Accept { id: json!(2), call_id: id.clone() } });
+    hub.send(HubCommand::Client {
+        conn: b.id,
+        msg: ClientMessage::Accept {
+            id: json!(2),
+            call_id: id.clone(),
+        },
+    });
     until(&mut a, |v| v["state"] == "Connected").await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    hub.send(HubCommand::Client { conn: a.id, msg: ClientMessage::Offer { id: json!(3), call_id: id.clone(), sdp: "v=0".into() } });
+    hub.send(HubCommand::Client {
+        conn: a.id,
+        msg: ClientMessage::Offer {
+            id: json!(3),
+            call_id: id.clone(),
+            sdp: "v=0".into(),
+        },
+    });
     let r = until(&mut a, |v| v["type"] == "response" && v["id"] == 3).await;
-    assert_eq!(r["result"]["type"], "answer", "call still alive after the ring timeout: {r}");
+    assert_eq!(
+        r["result"]["type"], "answer",
+        "call still alive after the ring timeout: {r}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -110,24 +160,55 @@ async fn cancel_reject_and_media_loss() {
     start_call(&hub, &a, "8:acs:r_b");
     let id = call_id(&mut a).await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
-    hub.send(HubCommand::Client { conn: a.id, msg: ClientMessage::HangUp { id: json!(9), call_id: id.clone(), for_everyone: false } });
-    assert_eq!(until(&mut a, |v| v["state"] == "Disconnected").await["endReason"]["code"], 487);
-    assert_eq!(until(&mut b, |v| v["type"] == "incomingCallEnded").await["endReason"]["code"], 487);
+    hub.send(HubCommand::Client {
+        conn: a.id,
+        msg: ClientMessage::HangUp {
+            id: json!(9),
+            call_id: id.clone(),
+            for_everyone: false,
+        },
+    });
+    assert_eq!(
+        until(&mut a, |v| v["state"] == "Disconnected").await["endReason"]["code"],
+        487
+    );
+    assert_eq!(
+        until(&mut b, |v| v["type"] == "incomingCallEnded").await["endReason"]["code"],
+        487
+    );
 
     start_call(&hub, &a, "8:acs:r_b");
     let id = call_id(&mut a).await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
-    hub.send(HubCommand::Client { conn: b.id, msg: ClientMessage::Reject { id: json!(9), call_id: id.clone() } });
-    assert_eq!(until(&mut a, |v| v["state"] == "Disconnected").await["endReason"]["code"], 603);
+    hub.send(HubCommand::Client {
+        conn: b.id,
+        msg: ClientMessage::Reject {
+            id: json!(9),
+            call_id: id.clone(),
+        },
+    });
+    assert_eq!(
+        until(&mut a, |v| v["state"] == "Disconnected").await["endReason"]["code"],
+        603
+    );
 
     start_call(&hub, &a, "8:acs:r_b");
     let id = call_id(&mut a).await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
-    hub.send(HubCommand::Client { conn: b.id, msg: ClientMessage::Accept { id: json!(2), call_id: id.clone() } });
+    hub.send(HubCommand::Client {
+        conn: b.id,
+        msg: ClientMessage::Accept {
+            id: json!(2),
+            call_id: id.clone(),
+        },
+    });
     until(&mut b, |v| v["state"] == "Connected").await;
     // Participants are numbered in order: calls 1 and 2 used 1 and 2; this call's caller is 3, callee 4.
     let before = media.removed.lock().unwrap().len();
-    hub.send(HubCommand::Media(MediaNotice::Disconnected(3, "ICE timeout".into())));
+    hub.send(HubCommand::Media(MediaNotice::Disconnected(
+        3,
+        "ICE timeout".into(),
+    )));
     let d = until(&mut b, |v| v["state"] == "Disconnected").await;
     assert_eq!(d["endReason"]["subcode"], 5020, "{d}");
     assert_eq!(media.removed.lock().unwrap().len(), before + 2);

@@ -20,7 +20,11 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// 400 with code `BadRequest`.
@@ -45,13 +49,25 @@ impl From<IdentityError> for ApiError {
     fn from(e: IdentityError) -> ApiError {
         let msg = e.to_string();
         match e {
-            IdentityError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "IdentityNotFound", msg),
-            IdentityError::BadId(_) => ApiError::new(StatusCode::BAD_REQUEST, "InvalidIdentity", msg),
-            IdentityError::UnknownScope(_) | IdentityError::NoScopes => ApiError::new(StatusCode::BAD_REQUEST, "InvalidScope", msg),
-            IdentityError::BadExpiry(_) => ApiError::new(StatusCode::BAD_REQUEST, "InvalidExpiresInMinutes", msg),
+            IdentityError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "IdentityNotFound", msg)
+            }
+            IdentityError::BadId(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "InvalidIdentity", msg)
+            }
+            IdentityError::UnknownScope(_) | IdentityError::NoScopes => {
+                ApiError::new(StatusCode::BAD_REQUEST, "InvalidScope", msg)
+            }
+            IdentityError::BadExpiry(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "InvalidExpiresInMinutes", msg)
+            }
             _ => {
                 tracing::error!(error = %msg, "identity service failure");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "internal error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "internal error",
+                )
             }
         }
     }

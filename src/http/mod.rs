@@ -36,7 +36,10 @@ pub fn router(state: AppState) -> Router {
         .route("/identities", post(identity::create))
         .route("/identities/{id}/{action}", post(identity::action))
         .route("/identities/{id}", delete(identity::delete))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), hmac::require_hmac));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            hmac::require_hmac,
+        ));
     Router::new()
         .merge(admin_api)
         .route("/calling/v1/ws", get(ws::upgrade))
@@ -50,7 +53,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(web::metrics))
         .route("/demo/signin", post(web::demo_signin))
         .route("/demo/users", get(web::demo_users))
-        .fallback(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "NotFound", "no such route") })
+        .fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "NotFound",
+                "no such route",
+            )
+        })
         .layer(DefaultBodyLimit::max(hmac::MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -14,17 +14,30 @@ use super::error::ApiError;
 use crate::service::unix_now;
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// `GET /` — the calling page.
 pub async fn index() -> Response {
-    file("text/html; charset=utf-8", include_str!("../../web/index.html"))
+    file(
+        "text/html; charset=utf-8",
+        include_str!("../../web/index.html"),
+    )
 }
 
 /// `GET /app.js`.
 pub async fn app_js() -> Response {
-    file("text/javascript; charset=utf-8", include_str!("../../web/app.js"))
+    file(
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/app.js"),
+    )
 }
 
 /// `GET /app.css`.
@@ -34,7 +47,10 @@ pub async fn app_css() -> Response {
 
 /// `GET /sdk/calling.js` — the web SDK (ES module).
 pub async fn sdk() -> Response {
-    file("text/javascript; charset=utf-8", include_str!("../../web/sdk/calling.js"))
+    file(
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/sdk/calling.js"),
+    )
 }
 
 /// `GET /.well-known/jwks.json` — public keys that verify user access tokens.
@@ -60,14 +76,22 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 
 /// `GET /metrics` — Prometheus text format.
 pub async fn metrics(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 fn demo_allowed(s: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
     if s.demo_for_all || peer.ip().is_loopback() {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "DemoDisabled", "the demo sign-in serves loopback clients only; start the server with --demo to open it"))
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "DemoDisabled",
+            "the demo sign-in serves loopback clients only; start the server with --demo to open it",
+        ))
     }
 }
 
@@ -78,35 +102,69 @@ struct SignIn {
 
 /// `POST /demo/signin {"name"}` — the sample identity-management service: a name maps to one persistent
 /// identity; answers `{"name","communicationUserId","token","expiresOn"}` with a `voip` token.
-pub async fn demo_signin(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub async fn demo_signin(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
     demo_allowed(&s, peer)?;
-    let req: SignIn = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("request body must be {{\"name\": string}}: {e}")))?;
+    let req: SignIn = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("request body must be {{\"name\": string}}: {e}"))
+    })?;
     let name = req.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("name must be 1 to 64 printable characters"));
+        return Err(ApiError::bad_request(
+            "name must be 1 to 64 printable characters",
+        ));
     }
     let now = unix_now();
     let store = s.identity.store();
-    let existing = match store.demo_user(&name).await.map_err(crate::service::identity::IdentityError::from)? {
-        Some(id) if store.identity(&id).await.map_err(crate::service::identity::IdentityError::from)?.is_some() => Some(id),
+    let existing = match store
+        .demo_user(&name)
+        .await
+        .map_err(crate::service::identity::IdentityError::from)?
+    {
+        Some(id)
+            if store
+                .identity(&id)
+                .await
+                .map_err(crate::service::identity::IdentityError::from)?
+                .is_some() =>
+        {
+            Some(id)
+        }
         _ => None,
     };
     let id = match existing {
         Some(id) => id,
         None => {
             let id = s.identity.create_identity(now).await?;
-            store.insert_demo_user(&name, &id, now).await.map_err(crate::service::identity::IdentityError::from)?;
+            store
+                .insert_demo_user(&name, &id, now)
+                .await
+                .map_err(crate::service::identity::IdentityError::from)?;
             id
         }
     };
-    let t = s.identity.issue_token(&id, &["voip".to_string()], None, now).await?;
+    let t = s
+        .identity
+        .issue_token(&id, &["voip".to_string()], None, now)
+        .await?;
     Ok(Json(json!({ "name": name, "communicationUserId": id, "token": t.token, "expiresOn": super::identity::iso8601(t.expires_on) })).into_response())
 }
 
 /// `GET /demo/users` — demo names, their identities, and whether they have a signaling connection open.
-pub async fn demo_users(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Result<Response, ApiError> {
+pub async fn demo_users(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
     demo_allowed(&s, peer)?;
-    let users = s.identity.store().demo_users().await.map_err(crate::service::identity::IdentityError::from)?;
+    let users = s
+        .identity
+        .store()
+        .demo_users()
+        .await
+        .map_err(crate::service::identity::IdentityError::from)?;
     let online = s.hub.online().await;
     let list: Vec<_> = users
         .into_iter()

@@ -27,7 +27,9 @@ pub const CLOSE_AUTH: u16 = 4401;
 /// `GET /calling/v1/ws`: upgrades to a signaling session.
 pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
     // Frames up to 1 MiB are read so that anything over 64 KiB gets a proper 1009 close rather than a reset.
-    ws.max_message_size(1 << 20).max_frame_size(1 << 20).on_upgrade(move |socket| session(socket, state))
+    ws.max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .on_upgrade(move |socket| session(socket, state))
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
@@ -36,11 +38,19 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     while reason.len() > 123 {
         reason.pop();
     }
-    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        })))
+        .await;
 }
 
 async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
-    socket.send(Message::Text(Utf8Bytes::from(msg.to_json()))).await.is_ok()
+    socket
+        .send(Message::Text(Utf8Bytes::from(msg.to_json())))
+        .await
+        .is_ok()
 }
 
 struct Authed {
@@ -68,13 +78,22 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<Authed
         return None;
     }
     let (id, token, display_name) = match decode_client_message(&first) {
-        Ok(ClientMessage::Auth { id, token, display_name }) => (id, token, display_name),
+        Ok(ClientMessage::Auth {
+            id,
+            token,
+            display_name,
+        }) => (id, token, display_name),
         Ok(_) => {
             close(socket, CLOSE_AUTH, "first message must be auth").await;
             return None;
         }
         Err(e) => {
-            close(socket, CLOSE_AUTH, &format!("bad auth message: {}", e.message)).await;
+            close(
+                socket,
+                CLOSE_AUTH,
+                &format!("bad auth message: {}", e.message),
+            )
+            .await;
             return None;
         }
     };
@@ -88,7 +107,11 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<Authed
             if !send(socket, &ServerMessage::ok(id, result)).await {
                 return None;
             }
-            Some(Authed { identity: claims.sub, display_name, expires_at: claims.exp })
+            Some(Authed {
+                identity: claims.sub,
+                display_name,
+                expires_at: claims.exp,
+            })
         }
         Err(e) => {
             tracing::info!(reason = %e, "websocket authentication refused");
@@ -100,7 +123,9 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<Authed
 }
 
 async fn session(mut socket: WebSocket, state: AppState) {
-    let Some(authed) = authenticate(&mut socket, &state).await else { return };
+    let Some(authed) = authenticate(&mut socket, &state).await else {
+        return;
+    };
     let conn = state.hub.next_conn_id();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     state.hub.send(HubCommand::Register {
@@ -112,8 +137,10 @@ async fn session(mut socket: WebSocket, state: AppState) {
     metrics::gauge!("switchboard_ws_connections").increment(1.0);
     tracing::debug!(conn, identity = %authed.identity, "signaling connection open");
 
-    let expiry = Instant::now() + Duration::from_secs(authed.expires_at.saturating_sub(unix_now()).max(0) as u64);
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL);
+    let expiry = Instant::now()
+        + Duration::from_secs(authed.expires_at.saturating_sub(unix_now()).max(0) as u64);
+    let mut heartbeat =
+        tokio::time::interval_at(Instant::now() + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL);
     let mut last_seen = Instant::now();
     loop {
         tokio::select! {

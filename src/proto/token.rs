@@ -13,7 +13,13 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// Scopes a token may carry (ACS names).
-pub const KNOWN_SCOPES: [&str; 5] = ["chat", "voip", "chat.join", "chat.join.limited", "voip.join"];
+pub const KNOWN_SCOPES: [&str; 5] = [
+    "chat",
+    "voip",
+    "chat.join",
+    "chat.join.limited",
+    "voip.join",
+];
 
 /// Leeway for `exp`, in seconds: tokens are refused at most this long after they expire (case C042 allows ≤ 60 s).
 pub const EXP_LEEWAY_SECS: i64 = 30;
@@ -83,7 +89,10 @@ pub struct SigningKey {
 impl SigningKey {
     /// Builds a signing key from a PKCS#8 DER-encoded P-256 private key.
     pub fn from_pkcs8_der(kid: impl Into<String>, der: &[u8]) -> SigningKey {
-        SigningKey { kid: kid.into(), key: EncodingKey::from_ec_der(der) }
+        SigningKey {
+            kid: kid.into(),
+            key: EncodingKey::from_ec_der(der),
+        }
     }
 
     /// The key id put in the JWT header.
@@ -116,14 +125,25 @@ impl VerifyingKey {
     ///
     /// # Errors
     /// [`TokenError::Key`] when the point is not 65 bytes starting with 0x04.
-    pub fn from_sec1_uncompressed(kid: impl Into<String>, point: &[u8]) -> Result<VerifyingKey, TokenError> {
+    pub fn from_sec1_uncompressed(
+        kid: impl Into<String>,
+        point: &[u8],
+    ) -> Result<VerifyingKey, TokenError> {
         if point.len() != 65 || point[0] != 4 {
-            return Err(TokenError::Key("expected a 65-byte uncompressed P-256 point".into()));
+            return Err(TokenError::Key(
+                "expected a 65-byte uncompressed P-256 point".into(),
+            ));
         }
         let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
         let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
-        let key = DecodingKey::from_ec_components(&x, &y).map_err(|e| TokenError::Key(e.to_string()))?;
-        Ok(VerifyingKey { kid: kid.into(), x, y, key })
+        let key =
+            DecodingKey::from_ec_components(&x, &y).map_err(|e| TokenError::Key(e.to_string()))?;
+        Ok(VerifyingKey {
+            kid: kid.into(),
+            x,
+            y,
+            key,
+        })
     }
 
     /// The key id.
@@ -156,7 +176,10 @@ struct RawHeader {
 impl TokenVerifier {
     /// A verifier for `keys`; when `resource_id` is set, tokens of other deployments are refused.
     pub fn new(keys: Vec<VerifyingKey>, resource_id: Option<String>) -> TokenVerifier {
-        TokenVerifier { keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(), resource_id }
+        TokenVerifier {
+            keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
+            resource_id,
+        }
     }
 
     /// The keys, for publishing.
@@ -174,11 +197,16 @@ impl TokenVerifier {
     /// A [`TokenError`] naming the first failed check.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(TokenError::Malformed);
         };
-        let header_json = URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')).map_err(|_| TokenError::Malformed)?;
-        let header: RawHeader = serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+        let header_json = URL_SAFE_NO_PAD
+            .decode(h.trim_end_matches('='))
+            .map_err(|_| TokenError::Malformed)?;
+        let header: RawHeader =
+            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
         let key = self.keys.get(&kid).ok_or(TokenError::UnknownKey)?;
         if header.alg != "ES256" {
@@ -189,15 +217,19 @@ impl TokenVerifier {
         validation.validate_exp = false;
         validation.required_spec_claims.clear();
         validation.validate_aud = false;
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature | K::InvalidEcdsaKey => TokenError::BadSignature,
-                K::InvalidAlgorithm | K::InvalidAlgorithmName => TokenError::AlgorithmNotAllowed,
-                _ => TokenError::Malformed,
-            }
-        })?;
-        let claims: Claims = serde_json::from_value(data.claims).map_err(|_| TokenError::MissingClaim)?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::InvalidSignature | K::InvalidEcdsaKey => TokenError::BadSignature,
+                    K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+                        TokenError::AlgorithmNotAllowed
+                    }
+                    _ => TokenError::Malformed,
+                }
+            })?;
+        let claims: Claims =
+            serde_json::from_value(data.claims).map_err(|_| TokenError::MissingClaim)?;
         if claims.sub.is_empty() {
             return Err(TokenError::MissingClaim);
         }
@@ -207,10 +239,10 @@ impl TokenVerifier {
         if claims.iat > claims.exp || claims.iat > now.saturating_add(EXP_LEEWAY_SECS) {
             return Err(TokenError::BadIssueTime);
         }
-        if let Some(rid) = &self.resource_id {
-            if &claims.resource_id != rid {
-                return Err(TokenError::WrongResource);
-            }
+        if let Some(rid) = &self.resource_id
+            && &claims.resource_id != rid
+        {
+            return Err(TokenError::WrongResource);
         }
         Ok(claims)
     }
@@ -222,17 +254,25 @@ mod tests {
 
     // A fixed P-256 key (PKCS#8 DER) made for these tests only.
     const TEST_PKCS8_B64: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgIV1A1X1LI++4LvezyiM96b4po9uEIOmfezM82I4IDyihRANCAASTbXIcW9AJiyPiyfAqWhEUd0Z9ZRLvWj+ch65ZofSlnQIpv7DfaIlzURHLJrdHPrAvQS0706LXaekOh9Nwhol9";
-    const TEST_POINT_B64: &str = "BJNtchxb0AmLI+LJ8CpaERR3Rn1lEu9aP5yHrlmh9KWdAim/sN9oiXNREcsmt0c+sC9BLTvTotdp6Q6H03CGiX0=";
+    const TEST_POINT_B64: &str =
+        "BJNtchxb0AmLI+LJ8CpaERR3Rn1lEu9aP5yHrlmh9KWdAim/sN9oiXNREcsmt0c+sC9BLTvTotdp6Q6H03CGiX0=";
 
     fn keys() -> (SigningKey, TokenVerifier) {
         let std = base64::engine::general_purpose::STANDARD;
         let sk = SigningKey::from_pkcs8_der("k1", &std.decode(TEST_PKCS8_B64).unwrap());
-        let vk = VerifyingKey::from_sec1_uncompressed("k1", &std.decode(TEST_POINT_B64).unwrap()).unwrap();
+        let vk = VerifyingKey::from_sec1_uncompressed("k1", &std.decode(TEST_POINT_B64).unwrap())
+            .unwrap();
         (sk, TokenVerifier::new(vec![vk], Some("res".into())))
     }
 
     fn claims(iat: i64, exp: i64) -> Claims {
-        Claims { sub: "8:acs:res_1".into(), scp: vec!["voip".into()], resource_id: "res".into(), iat, exp }
+        Claims {
+            sub: "8:acs:res_1".into(),
+            scp: vec!["voip".into()],
+            resource_id: "res".into(),
+            iat,
+            exp,
+        }
     }
 
     #[test]
@@ -246,7 +286,10 @@ mod tests {
     fn expired_is_refused() {
         let (sk, v) = keys();
         let t = sk.sign(&claims(1000, 4600)).unwrap();
-        assert_eq!(v.verify(&t, 4600 + EXP_LEEWAY_SECS + 1), Err(TokenError::Expired));
+        assert_eq!(
+            v.verify(&t, 4600 + EXP_LEEWAY_SECS + 1),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -256,7 +299,10 @@ mod tests {
         let payload = t.split('.').nth(1).unwrap();
         for alg in ["none", "None", "HS256"] {
             let h = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT","kid":"k1"}}"#));
-            assert_eq!(v.verify(&format!("{h}.{payload}."), 2000), Err(TokenError::AlgorithmNotAllowed));
+            assert_eq!(
+                v.verify(&format!("{h}.{payload}."), 2000),
+                Err(TokenError::AlgorithmNotAllowed)
+            );
         }
     }
 
@@ -268,7 +314,10 @@ mod tests {
         let mut c = claims(1000, 4600);
         c.sub = "8:acs:res_9999".into();
         parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap());
-        assert_eq!(v.verify(&parts.join("."), 2000), Err(TokenError::BadSignature));
+        assert_eq!(
+            v.verify(&parts.join("."), 2000),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -277,6 +326,9 @@ mod tests {
         assert_eq!(v.verify("abc", 0), Err(TokenError::Malformed));
         assert_eq!(v.verify("a.b.c", 0), Err(TokenError::Malformed));
         let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"other"}"#);
-        assert_eq!(v.verify(&format!("{h}.e30.AAAA"), 0), Err(TokenError::UnknownKey));
+        assert_eq!(
+            v.verify(&format!("{h}.e30.AAAA"), 0),
+            Err(TokenError::UnknownKey)
+        );
     }
 }

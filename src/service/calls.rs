@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::signal::{ClientMessage, EndReason, ParticipantInfo, RequestId, ServerMessage, Target};
+use crate::proto::signal::{
+    ClientMessage, EndReason, ParticipantInfo, RequestId, ServerMessage, Target,
+};
 
 /// A WebSocket connection, numbered by the hub's owner.
 pub type ConnId = u64;
@@ -64,7 +66,12 @@ pub enum MediaNotice {
 #[derive(Debug)]
 pub enum HubCommand {
     /// An authenticated connection.
-    Register { conn: ConnId, identity: String, display_name: Option<String>, out: mpsc::UnboundedSender<Outbound> },
+    Register {
+        conn: ConnId,
+        identity: String,
+        display_name: Option<String>,
+        out: mpsc::UnboundedSender<Outbound>,
+    },
     /// The connection closed.
     Unregister { conn: ConnId },
     /// A call-control message from the connection (requests answered through its `out`).
@@ -72,13 +79,25 @@ pub enum HubCommand {
     /// From the media plane.
     Media(MediaNotice),
     /// Close every connection of an identity (tokens revoked, identity deleted).
-    Kick { identity: String, code: u16, reason: String },
+    Kick {
+        identity: String,
+        code: u16,
+        reason: String,
+    },
     /// Identities with at least one connection.
-    Online { reply: oneshot::Sender<HashSet<String>> },
+    Online {
+        reply: oneshot::Sender<HashSet<String>>,
+    },
     /// Internal: ring timer fired.
     RingTimeout { call_id: String },
     /// Internal: a media offer finished.
-    OfferDone { conn: ConnId, id: RequestId, call_id: String, participant: MediaParticipant, result: Result<String, String> },
+    OfferDone {
+        conn: ConnId,
+        id: RequestId,
+        call_id: String,
+        participant: MediaParticipant,
+        result: Result<String, String>,
+    },
 }
 
 /// Handle to the hub task; cheap to clone.
@@ -97,7 +116,9 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { ring_timeout: Duration::from_secs(60) }
+        HubConfig {
+            ring_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -105,7 +126,10 @@ impl Hub {
     /// Spawns the hub task on the current tokio runtime.
     pub fn spawn(config: HubConfig, media: Arc<dyn MediaPlane>) -> Hub {
         let (tx, rx) = mpsc::unbounded_channel();
-        let hub = Hub { tx, next_conn: Arc::new(AtomicU64::new(1)) };
+        let hub = Hub {
+            tx,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        };
         let state = HubState {
             config,
             media,
@@ -224,17 +248,39 @@ impl HubState {
 
     fn handle(&mut self, cmd: HubCommand) {
         match cmd {
-            HubCommand::Register { conn, identity, display_name, out } => {
-                self.by_identity.entry(identity.clone()).or_default().insert(conn);
-                self.conns.insert(conn, Conn { identity, display_name, out });
+            HubCommand::Register {
+                conn,
+                identity,
+                display_name,
+                out,
+            } => {
+                self.by_identity
+                    .entry(identity.clone())
+                    .or_default()
+                    .insert(conn);
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        identity,
+                        display_name,
+                        out,
+                    },
+                );
             }
             HubCommand::Unregister { conn } => self.unregister(conn),
             HubCommand::Client { conn, msg } => self.client(conn, msg),
             HubCommand::Media(notice) => self.media_notice(notice),
-            HubCommand::Kick { identity, code, reason } => {
+            HubCommand::Kick {
+                identity,
+                code,
+                reason,
+            } => {
                 for c in self.by_identity.get(&identity).into_iter().flatten() {
                     if let Some(conn) = self.conns.get(c) {
-                        let _ = conn.out.send(Outbound::Close { code, reason: reason.clone() });
+                        let _ = conn.out.send(Outbound::Close {
+                            code,
+                            reason: reason.clone(),
+                        });
                     }
                 }
             }
@@ -242,16 +288,37 @@ impl HubState {
                 let _ = reply.send(self.by_identity.keys().cloned().collect());
             }
             HubCommand::RingTimeout { call_id } => {
-                if self.calls.get(&call_id).is_some_and(|c| c.phase == Phase::Ringing) {
+                if self
+                    .calls
+                    .get(&call_id)
+                    .is_some_and(|c| c.phase == Phase::Ringing)
+                {
                     self.end_ringing(&call_id, reason::timeout(), reason::timeout(), None);
                 }
             }
-            HubCommand::OfferDone { conn, id, call_id, participant, result } => {
-                let live = self.calls.get(&call_id).and_then(|c| c.leg_of(conn)).is_some_and(|l| l.participant == participant);
+            HubCommand::OfferDone {
+                conn,
+                id,
+                call_id,
+                participant,
+                result,
+            } => {
+                let live = self
+                    .calls
+                    .get(&call_id)
+                    .and_then(|c| c.leg_of(conn))
+                    .is_some_and(|l| l.participant == participant);
                 if !live {
                     // The call ended while the SFU answered: free what the offer created.
                     self.media.remove(participant);
-                    self.send(conn, ServerMessage::fail(id, "CallNotFound", format!("call {call_id} has ended")));
+                    self.send(
+                        conn,
+                        ServerMessage::fail(
+                            id,
+                            "CallNotFound",
+                            format!("call {call_id} has ended"),
+                        ),
+                    );
                     return;
                 }
                 let msg = match result {
@@ -269,12 +336,31 @@ impl HubState {
         }
     }
 
-    fn send_state(&self, conn: ConnId, call_id: &str, state: &'static str, end_reason: Option<EndReason>) {
-        self.send(conn, ServerMessage::CallStateChanged { call_id: call_id.to_string(), state, end_reason });
+    fn send_state(
+        &self,
+        conn: ConnId,
+        call_id: &str,
+        state: &'static str,
+        end_reason: Option<EndReason>,
+    ) {
+        self.send(
+            conn,
+            ServerMessage::CallStateChanged {
+                call_id: call_id.to_string(),
+                state,
+                end_reason,
+            },
+        );
     }
 
     fn identity_conns(&self, identity: &str) -> Vec<ConnId> {
-        let mut v: Vec<ConnId> = self.by_identity.get(identity).into_iter().flatten().copied().collect();
+        let mut v: Vec<ConnId> = self
+            .by_identity
+            .get(identity)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         v.sort_unstable();
         v
     }
@@ -288,12 +374,20 @@ impl HubState {
     fn leg(&mut self, conn: ConnId) -> Option<Leg> {
         let c = self.conns.get(&conn)?;
         let (identity, display_name) = (c.identity.clone(), c.display_name.clone());
-        Some(Leg { conn, identity, display_name, participant: self.new_participant(), muted: false })
+        Some(Leg {
+            conn,
+            identity,
+            display_name,
+            participant: self.new_participant(),
+            muted: false,
+        })
     }
 
     fn client(&mut self, conn: ConnId, msg: ClientMessage) {
         match msg {
-            ClientMessage::StartCall { id, targets, video } => self.start_call(conn, id, targets, video),
+            ClientMessage::StartCall { id, targets, video } => {
+                self.start_call(conn, id, targets, video)
+            }
             ClientMessage::Accept { id, call_id } => self.accept(conn, id, &call_id),
             ClientMessage::Reject { id, call_id } => self.reject(conn, id, &call_id),
             ClientMessage::HangUp { id, call_id, .. } => self.hang_up(conn, id, &call_id),
@@ -302,26 +396,53 @@ impl HubState {
             ClientMessage::Unmute { id, call_id } => self.set_muted(conn, id, &call_id, false),
             ClientMessage::IceCandidate { call_id, candidate } => {
                 if let Some(leg) = self.calls.get(&call_id).and_then(|c| c.leg_of(conn)) {
-                    self.media.add_candidate(leg.participant, candidate.candidate);
+                    self.media
+                        .add_candidate(leg.participant, candidate.candidate);
                 }
             }
-            ClientMessage::Auth { id, .. } => self.send(conn, ServerMessage::fail(id, "AlreadyAuthenticated", "this connection is already authenticated")),
-            ClientMessage::Ping { id } => self.send(conn, ServerMessage::ok(id, json!({ "pong": true }))),
+            ClientMessage::Auth { id, .. } => self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "AlreadyAuthenticated",
+                    "this connection is already authenticated",
+                ),
+            ),
+            ClientMessage::Ping { id } => {
+                self.send(conn, ServerMessage::ok(id, json!({ "pong": true })))
+            }
         }
     }
 
     fn start_call(&mut self, conn: ConnId, id: RequestId, targets: Vec<Target>, video: bool) {
         let [target] = targets.as_slice() else {
             let n = targets.len();
-            return self.send(conn, ServerMessage::fail(id, "BadTarget", format!("a 1:1 call needs exactly one target, got {n}")));
+            return self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "BadTarget",
+                    format!("a 1:1 call needs exactly one target, got {n}"),
+                ),
+            );
         };
         let callee = target.communication_user_id.clone();
         if !callee.starts_with("8:acs:") {
-            return self.send(conn, ServerMessage::fail(id, "BadTarget", "target is not a communication user id (8:acs:...)"));
+            return self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "BadTarget",
+                    "target is not a communication user id (8:acs:...)",
+                ),
+            );
         }
         let Some(caller) = self.leg(conn) else { return };
         if caller.identity == callee {
-            return self.send(conn, ServerMessage::fail(id, "SelfCall", "an identity cannot call itself"));
+            return self.send(
+                conn,
+                ServerMessage::fail(id, "SelfCall", "an identity cannot call itself"),
+            );
         }
         let call_id = uuid::Uuid::new_v4().to_string();
         self.send(conn, ServerMessage::ok(id, json!({ "callId": call_id })));
@@ -336,7 +457,9 @@ impl HubState {
                 *c,
                 ServerMessage::IncomingCall {
                     call_id: call_id.clone(),
-                    caller: Target { communication_user_id: caller.identity.clone() },
+                    caller: Target {
+                        communication_user_id: caller.identity.clone(),
+                    },
                     caller_display_name: caller.display_name.clone(),
                     video,
                 },
@@ -345,7 +468,15 @@ impl HubState {
         self.send_state(conn, &call_id, "Ringing", None);
         tracing::info!(call_id, caller = %caller.identity, callee = %callee, "call ringing");
         metrics::counter!("switchboard_calls_started_total").increment(1);
-        self.calls.insert(call_id.clone(), Call { caller, callee_identity: callee, callee: None, phase: Phase::Ringing });
+        self.calls.insert(
+            call_id.clone(),
+            Call {
+                caller,
+                callee_identity: callee,
+                callee: None,
+                phase: Phase::Ringing,
+            },
+        );
         if let Some(tx) = self.tx.upgrade() {
             let ring = self.config.ring_timeout;
             tokio::spawn(async move {
@@ -363,10 +494,16 @@ impl HubState {
                 if call.phase == Phase::Ringing {
                     Ok(call)
                 } else {
-                    Err(("InvalidState", format!("call {call_id} was already answered")))
+                    Err((
+                        "InvalidState",
+                        format!("call {call_id} was already answered"),
+                    ))
                 }
             }
-            _ => Err(("CallNotFound", format!("no incoming call {call_id} for this connection"))),
+            _ => Err((
+                "CallNotFound",
+                format!("no incoming call {call_id} for this connection"),
+            )),
         }
     }
 
@@ -375,7 +512,9 @@ impl HubState {
             return self.send(conn, ServerMessage::fail(id, code, msg));
         }
         let Some(callee) = self.leg(conn) else { return };
-        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
         call.callee = Some(callee.clone());
         call.phase = Phase::Connected;
         let caller = call.caller.clone();
@@ -383,7 +522,13 @@ impl HubState {
         self.send(conn, ServerMessage::ok(id, json!({})));
         for other in self.identity_conns(&callee_identity) {
             if other != conn {
-                self.send(other, ServerMessage::IncomingCallEnded { call_id: call_id.into(), end_reason: reason::answered_elsewhere() });
+                self.send(
+                    other,
+                    ServerMessage::IncomingCallEnded {
+                        call_id: call_id.into(),
+                        end_reason: reason::answered_elsewhere(),
+                    },
+                );
             }
         }
         for (me, them) in [(&caller, &callee), (&callee, &caller)] {
@@ -411,7 +556,14 @@ impl HubState {
 
     fn hang_up(&mut self, conn: ConnId, id: RequestId, call_id: &str) {
         let Some(call) = self.calls.get(call_id) else {
-            return self.send(conn, ServerMessage::fail(id, "CallNotFound", format!("no call {call_id} on this connection")));
+            return self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "CallNotFound",
+                    format!("no call {call_id} on this connection"),
+                ),
+            );
         };
         if call.leg_of(conn).is_none() {
             let msg = if call.callee.is_none() && self.ringing_for(conn, call_id).is_ok() {
@@ -423,71 +575,156 @@ impl HubState {
         }
         self.send(conn, ServerMessage::ok(id, json!({})));
         match call.phase {
-            Phase::Ringing => {
-                self.end_ringing(call_id, reason::cancelled("call cancelled"), reason::cancelled("caller hung up"), None)
-            }
-            Phase::Connected => self.end_connected(call_id, conn, reason::normal("call ended"), reason::normal("remote participant hung up")),
+            Phase::Ringing => self.end_ringing(
+                call_id,
+                reason::cancelled("call cancelled"),
+                reason::cancelled("caller hung up"),
+                None,
+            ),
+            Phase::Connected => self.end_connected(
+                call_id,
+                conn,
+                reason::normal("call ended"),
+                reason::normal("remote participant hung up"),
+            ),
         }
     }
 
     fn offer(&mut self, conn: ConnId, id: RequestId, call_id: String, sdp: String) {
         let Some(leg) = self.calls.get(&call_id).and_then(|c| c.leg_of(conn)) else {
-            return self.send(conn, ServerMessage::fail(id, "CallNotFound", format!("no call {call_id} on this connection")));
+            return self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "CallNotFound",
+                    format!("no call {call_id} on this connection"),
+                ),
+            );
         };
         let participant = leg.participant;
         let fut = self.media.offer(call_id.clone(), participant, sdp);
         let Some(tx) = self.tx.upgrade() else { return };
         tokio::spawn(async move {
             let result = fut.await;
-            let _ = tx.send(HubCommand::OfferDone { conn, id, call_id, participant, result });
+            let _ = tx.send(HubCommand::OfferDone {
+                conn,
+                id,
+                call_id,
+                participant,
+                result,
+            });
         });
     }
 
     fn set_muted(&mut self, conn: ConnId, id: RequestId, call_id: &str, muted: bool) {
         let Some(call) = self.calls.get_mut(call_id) else {
-            return self.send(conn, ServerMessage::fail(id, "CallNotFound", format!("no call {call_id} on this connection")));
+            return self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "CallNotFound",
+                    format!("no call {call_id} on this connection"),
+                ),
+            );
         };
-        let leg = if call.caller.conn == conn { Some(&mut call.caller) } else { call.callee.as_mut().filter(|l| l.conn == conn) };
+        let leg = if call.caller.conn == conn {
+            Some(&mut call.caller)
+        } else {
+            call.callee.as_mut().filter(|l| l.conn == conn)
+        };
         let Some(leg) = leg else {
-            return self.send(conn, ServerMessage::fail(id, "CallNotFound", format!("no call {call_id} on this connection")));
+            return self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "CallNotFound",
+                    format!("no call {call_id} on this connection"),
+                ),
+            );
         };
         leg.muted = muted;
         let me = info(leg, "Connected");
-        let others: Vec<ConnId> = call.legs().filter(|l| l.conn != conn).map(|l| l.conn).collect();
+        let others: Vec<ConnId> = call
+            .legs()
+            .filter(|l| l.conn != conn)
+            .map(|l| l.conn)
+            .collect();
         self.send(conn, ServerMessage::ok(id, json!({})));
         for o in others {
-            self.send(o, ServerMessage::ParticipantsUpdated { call_id: call_id.into(), added: vec![], removed: vec![], updated: vec![me.clone()] });
+            self.send(
+                o,
+                ServerMessage::ParticipantsUpdated {
+                    call_id: call_id.into(),
+                    added: vec![],
+                    removed: vec![],
+                    updated: vec![me.clone()],
+                },
+            );
         }
     }
 
     /// Ends a ringing call: the caller gets `to_caller`, the callee's connections (but `except`) `to_callee`.
-    fn end_ringing(&mut self, call_id: &str, to_caller: EndReason, to_callee: EndReason, except: Option<ConnId>) {
-        let Some(call) = self.calls.remove(call_id) else { return };
+    fn end_ringing(
+        &mut self,
+        call_id: &str,
+        to_caller: EndReason,
+        to_callee: EndReason,
+        except: Option<ConnId>,
+    ) {
+        let Some(call) = self.calls.remove(call_id) else {
+            return;
+        };
         self.media.remove(call.caller.participant);
-        self.send_state(call.caller.conn, call_id, "Disconnected", Some(to_caller.clone()));
+        self.send_state(
+            call.caller.conn,
+            call_id,
+            "Disconnected",
+            Some(to_caller.clone()),
+        );
         for c in self.identity_conns(&call.callee_identity) {
             if Some(c) != except {
-                self.send(c, ServerMessage::IncomingCallEnded { call_id: call_id.into(), end_reason: to_callee.clone() });
+                self.send(
+                    c,
+                    ServerMessage::IncomingCallEnded {
+                        call_id: call_id.into(),
+                        end_reason: to_callee.clone(),
+                    },
+                );
             }
         }
         tracing::info!(call_id, code = to_caller.code, "call ended before answer");
-        metrics::counter!("switchboard_calls_ended_total", "code" => to_caller.code.to_string()).increment(1);
+        metrics::counter!("switchboard_calls_ended_total", "code" => to_caller.code.to_string())
+            .increment(1);
     }
 
     /// Ends a connected call: `by` gets `to_self`, the other leg `to_peer`.
     fn end_connected(&mut self, call_id: &str, by: ConnId, to_self: EndReason, to_peer: EndReason) {
-        let Some(call) = self.calls.remove(call_id) else { return };
+        let Some(call) = self.calls.remove(call_id) else {
+            return;
+        };
         for leg in call.legs() {
             self.media.remove(leg.participant);
-            let r = if leg.conn == by { to_self.clone() } else { to_peer.clone() };
+            let r = if leg.conn == by {
+                to_self.clone()
+            } else {
+                to_peer.clone()
+            };
             self.send_state(leg.conn, call_id, "Disconnected", Some(r));
         }
-        tracing::info!(call_id, code = to_peer.code, subcode = to_peer.subcode, "call ended");
-        metrics::counter!("switchboard_calls_ended_total", "code" => to_peer.code.to_string()).increment(1);
+        tracing::info!(
+            call_id,
+            code = to_peer.code,
+            subcode = to_peer.subcode,
+            "call ended"
+        );
+        metrics::counter!("switchboard_calls_ended_total", "code" => to_peer.code.to_string())
+            .increment(1);
     }
 
     fn unregister(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         if let Some(set) = self.by_identity.get_mut(&c.identity) {
             set.remove(&conn);
             if set.is_empty() {
@@ -500,18 +737,26 @@ impl HubState {
             .iter()
             .filter_map(|(id, call)| {
                 let is_leg = call.leg_of(conn).is_some();
-                let is_pending_callee = call.phase == Phase::Ringing && call.callee_identity == c.identity;
+                let is_pending_callee =
+                    call.phase == Phase::Ringing && call.callee_identity == c.identity;
                 (is_leg || is_pending_callee).then(|| (id.clone(), call.phase, is_leg))
             })
             .collect();
         for (call_id, phase, is_leg) in affected {
             match (phase, is_leg) {
-                (Phase::Ringing, true) => {
-                    self.end_ringing(&call_id, reason::cancelled("connection closed"), reason::cancelled("caller disconnected"), None)
+                (Phase::Ringing, true) => self.end_ringing(
+                    &call_id,
+                    reason::cancelled("connection closed"),
+                    reason::cancelled("caller disconnected"),
+                    None,
+                ),
+                (Phase::Ringing, false) if callee_gone => {
+                    self.end_ringing(&call_id, reason::offline(), reason::offline(), None)
                 }
-                (Phase::Ringing, false) if callee_gone => self.end_ringing(&call_id, reason::offline(), reason::offline(), None),
                 (Phase::Ringing, false) => {}
-                (Phase::Connected, _) => self.end_connected(&call_id, conn, reason::peer_lost(), reason::peer_lost()),
+                (Phase::Connected, _) => {
+                    self.end_connected(&call_id, conn, reason::peer_lost(), reason::peer_lost())
+                }
             }
         }
     }
@@ -520,12 +765,26 @@ impl HubState {
         match notice {
             MediaNotice::Connected(p) => tracing::debug!(participant = p, "media connected"),
             MediaNotice::Disconnected(p, why) => {
-                let found = self.calls.iter().find_map(|(id, call)| call.legs().find(|l| l.participant == p).map(|l| (id.clone(), l.conn, call.phase)));
+                let found = self.calls.iter().find_map(|(id, call)| {
+                    call.legs()
+                        .find(|l| l.participant == p)
+                        .map(|l| (id.clone(), l.conn, call.phase))
+                });
                 if let Some((call_id, conn, phase)) = found {
                     tracing::info!(call_id, participant = p, reason = %why, "media lost, ending call");
                     match phase {
-                        Phase::Connected => self.end_connected(&call_id, conn, reason::media_lost(), reason::media_lost()),
-                        Phase::Ringing => self.end_ringing(&call_id, reason::media_lost(), reason::cancelled("caller media lost"), None),
+                        Phase::Connected => self.end_connected(
+                            &call_id,
+                            conn,
+                            reason::media_lost(),
+                            reason::media_lost(),
+                        ),
+                        Phase::Ringing => self.end_ringing(
+                            &call_id,
+                            reason::media_lost(),
+                            reason::cancelled("caller media lost"),
+                            None,
+                        ),
                     }
                 }
             }

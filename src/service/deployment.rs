@@ -40,7 +40,11 @@ pub fn new_access_key() -> String {
 
 /// `endpoint=https://HOST:PORT/;accesskey=KEY` (DESIGN.md §2).
 pub fn connection_string(host: &str, https_port: u16, key: &str) -> String {
-    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
     format!("endpoint=https://{host}:{https_port}/;accesskey={key}")
 }
 
@@ -57,10 +61,20 @@ pub fn write_connection_string(data_dir: &Path, text: &str) -> Result<PathBuf, D
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let path = connection_string_path(data_dir);
-    let io = |source| DeploymentError::Io { path: path.clone(), source };
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path).map_err(io)?;
+    let io = |source| DeploymentError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
     // A file made earlier with other permissions keeps them through open(): set them explicitly.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
     f.write_all(format!("{text}\n").as_bytes()).map_err(io)?;
     Ok(path)
 }
@@ -94,7 +108,8 @@ pub async fn bootstrap(store: &Store, now: i64) -> Result<(Deployment, bool), De
 /// # Errors
 /// [`DeploymentError::KeyGen`] if the crypto library fails.
 pub fn new_signing_key() -> Result<StoredSigningKey, DeploymentError> {
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| DeploymentError::KeyGen(e.to_string()))?;
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| DeploymentError::KeyGen(e.to_string()))?;
     Ok(StoredSigningKey {
         kid: uuid::Uuid::new_v4().simple().to_string(),
         pkcs8_der: kp.serialize_der(),
@@ -111,5 +126,8 @@ pub async fn rotate_key(store: &Store, which: KeyKind) -> Result<Deployment, Dep
         return Err(DeploymentError::NotInitialised);
     }
     store.set_access_key(which, &new_access_key()).await?;
-    store.deployment().await?.ok_or(DeploymentError::NotInitialised)
+    store
+        .deployment()
+        .await?
+        .ok_or(DeploymentError::NotInitialised)
 }

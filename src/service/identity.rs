@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::proto::token::{Claims, KNOWN_SCOPES, SigningKey, TokenError, TokenVerifier, VerifyingKey};
+use crate::proto::token::{
+    Claims, KNOWN_SCOPES, SigningKey, TokenError, TokenVerifier, VerifyingKey,
+};
 
 use super::store::{Store, StoreError, StoredSigningKey};
 
@@ -22,7 +24,9 @@ pub enum IdentityError {
     #[error("identity id {0:?} is not a communication user id of this resource")]
     BadId(String),
     /// An unknown scope (400).
-    #[error("unknown scope {0:?}; known scopes: chat, voip, chat.join, chat.join.limited, voip.join")]
+    #[error(
+        "unknown scope {0:?}; known scopes: chat, voip, chat.join, chat.join.limited, voip.join"
+    )]
     UnknownScope(String),
     /// No scope given where one is required (400).
     #[error("scopes must list at least one scope")]
@@ -92,9 +96,19 @@ impl IdentityService {
             return Err(TokenError::Key("no signing key in the store".into()).into());
         };
         let signer = SigningKey::from_pkcs8_der(newest.kid.clone(), &newest.pkcs8_der);
-        let verifying = keys.iter().map(verifying_key).collect::<Result<Vec<_>, _>>()?;
+        let verifying = keys
+            .iter()
+            .map(verifying_key)
+            .collect::<Result<Vec<_>, _>>()?;
         let verifier = TokenVerifier::new(verifying, Some(resource_id.clone()));
-        Ok(IdentityService { inner: Arc::new(Inner { store, resource_id, signer, verifier }) })
+        Ok(IdentityService {
+            inner: Arc::new(Inner {
+                store,
+                resource_id,
+                signer,
+                verifier,
+            }),
+        })
     }
 
     /// The deployment's resource id.
@@ -109,7 +123,12 @@ impl IdentityService {
 
     /// JWKS document (RFC 7517) with every verifying key.
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = self.inner.verifier.keys().map(VerifyingKey::to_jwk).collect();
+        let keys: Vec<_> = self
+            .inner
+            .verifier
+            .keys()
+            .map(VerifyingKey::to_jwk)
+            .collect();
         serde_json::json!({ "keys": keys })
     }
 
@@ -142,7 +161,10 @@ impl IdentityService {
             iat,
             exp: now + minutes * 60,
         };
-        Ok(AccessToken { token: self.inner.signer.sign(&claims)?, expires_on: claims.exp })
+        Ok(AccessToken {
+            token: self.inner.signer.sign(&claims)?,
+            expires_on: claims.exp,
+        })
     }
 
     /// Signs arbitrary claims with the deployment's key (tests and tools that need unusual lifetimes).
@@ -156,13 +178,21 @@ impl IdentityService {
     /// Revokes every token issued so far for the identity.
     pub async fn revoke(&self, id: &str, now: i64) -> Result<(), IdentityError> {
         self.check_id(id)?;
-        if self.inner.store.revoke_identity(id, now).await? { Ok(()) } else { Err(IdentityError::NotFound(id.into())) }
+        if self.inner.store.revoke_identity(id, now).await? {
+            Ok(())
+        } else {
+            Err(IdentityError::NotFound(id.into()))
+        }
     }
 
     /// Deletes the identity; its tokens stop working.
     pub async fn delete(&self, id: &str) -> Result<(), IdentityError> {
         self.check_id(id)?;
-        if self.inner.store.delete_identity(id).await? { Ok(()) } else { Err(IdentityError::NotFound(id.into())) }
+        if self.inner.store.delete_identity(id).await? {
+            Ok(())
+        } else {
+            Err(IdentityError::NotFound(id.into()))
+        }
     }
 
     /// Full check of a token presented for calling: signature and times, `voip`/`voip.join` scope, identity
@@ -194,7 +224,11 @@ impl IdentityService {
 
     async fn existing(&self, id: &str) -> Result<super::store::IdentityRow, IdentityError> {
         self.check_id(id)?;
-        self.inner.store.identity(id).await?.ok_or_else(|| IdentityError::NotFound(id.into()))
+        self.inner
+            .store
+            .identity(id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(id.into()))
     }
 }
 
@@ -202,7 +236,10 @@ impl IdentityService {
 ///
 /// # Errors
 /// `NoScopes`, `UnknownScope`, `BadExpiry`.
-pub fn validate_token_request(scopes: &[String], expires_in_minutes: Option<i64>) -> Result<i64, IdentityError> {
+pub fn validate_token_request(
+    scopes: &[String],
+    expires_in_minutes: Option<i64>,
+) -> Result<i64, IdentityError> {
     if scopes.is_empty() {
         return Err(IdentityError::NoScopes);
     }

@@ -77,7 +77,10 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
     }
@@ -89,9 +92,11 @@ impl Store {
 
     /// The deployment row, if made.
     pub async fn deployment(&self) -> Result<Option<Deployment>, StoreError> {
-        let row = sqlx::query("SELECT resource_id, primary_key, secondary_key FROM deployment WHERE singleton = 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT resource_id, primary_key, secondary_key FROM deployment WHERE singleton = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| Deployment {
             resource_id: r.get(0),
             primary_key: r.get(1),
@@ -100,7 +105,11 @@ impl Store {
     }
 
     /// Inserts the deployment row unless one exists; returns the row in force.
-    pub async fn init_deployment(&self, fresh: &Deployment, now: i64) -> Result<Deployment, StoreError> {
+    pub async fn init_deployment(
+        &self,
+        fresh: &Deployment,
+        now: i64,
+    ) -> Result<Deployment, StoreError> {
         sqlx::query(
             "INSERT OR IGNORE INTO deployment (singleton, resource_id, primary_key, secondary_key, created_at) \
              VALUES (1, ?, ?, ?, ?)",
@@ -127,17 +136,27 @@ impl Store {
 
     /// All signing keys, newest first.
     pub async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
-        let rows = sqlx::query("SELECT kid, pkcs8_der, public_point FROM signing_keys ORDER BY created_at DESC, kid")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT kid, pkcs8_der, public_point FROM signing_keys ORDER BY created_at DESC, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|r| StoredSigningKey { kid: r.get(0), pkcs8_der: r.get(1), public_point: r.get(2) })
+            .map(|r| StoredSigningKey {
+                kid: r.get(0),
+                pkcs8_der: r.get(1),
+                public_point: r.get(2),
+            })
             .collect())
     }
 
     /// Adds a signing key.
-    pub async fn add_signing_key(&self, key: &StoredSigningKey, now: i64) -> Result<(), StoreError> {
+    pub async fn add_signing_key(
+        &self,
+        key: &StoredSigningKey,
+        now: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO signing_keys (kid, pkcs8_der, public_point, created_at) VALUES (?, ?, ?, ?)")
             .bind(&key.kid)
             .bind(&key.pkcs8_der)
@@ -150,7 +169,11 @@ impl Store {
 
     /// Inserts a new identity.
     pub async fn insert_identity(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO identities (id, created_at) VALUES (?, ?)").bind(id).bind(now).execute(&self.pool).await?;
+        sqlx::query("INSERT INTO identities (id, created_at) VALUES (?, ?)")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -160,44 +183,70 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| IdentityRow { id: r.get(0), created_at: r.get(1), revoked_at: r.get(2) }))
+        Ok(row.map(|r| IdentityRow {
+            id: r.get(0),
+            created_at: r.get(1),
+            revoked_at: r.get(2),
+        }))
     }
 
     /// Sets the revocation time; returns false when the identity does not exist.
     pub async fn revoke_identity(&self, id: &str, at: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE identities SET revoked_at = ? WHERE id = ?").bind(at).bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("UPDATE identities SET revoked_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Deletes an identity (and any demo name mapped to it); returns false when it did not exist.
     pub async fn delete_identity(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM demo_users WHERE identity_id = ?").bind(id).execute(&mut *tx).await?;
-        let done = sqlx::query("DELETE FROM identities WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM demo_users WHERE identity_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM identities WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// The identity a demo name maps to.
     pub async fn demo_user(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT identity_id FROM demo_users WHERE name = ?").bind(name).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT identity_id FROM demo_users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     /// Maps a demo name to an identity.
-    pub async fn insert_demo_user(&self, name: &str, identity: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR REPLACE INTO demo_users (name, identity_id, created_at) VALUES (?, ?, ?)")
-            .bind(name)
-            .bind(identity)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+    pub async fn insert_demo_user(
+        &self,
+        name: &str,
+        identity: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO demo_users (name, identity_id, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(name)
+        .bind(identity)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// All demo names with their identities, by name.
     pub async fn demo_users(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT name, identity_id FROM demo_users ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT name, identity_id FROM demo_users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -29,54 +29,134 @@ pub async fn server() -> TestServer {
 
 pub async fn server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     let dir = std::env::temp_dir().join(format!("sb-test-{}", uuid_like()));
-    let mut config = Config { data_dir: dir.clone(), https_port: 0, http_port: 0, media_port: 0, ..Config::default() };
+    let mut config = Config {
+        data_dir: dir.clone(),
+        https_port: 0,
+        http_port: 0,
+        media_port: 0,
+        ..Config::default()
+    };
     tweak(&mut config);
     let running = start(config).await.expect("server starts");
-    let key = running.connection_string.split("accesskey=").nth(1).unwrap().to_string();
+    let key = running
+        .connection_string
+        .split("accesskey=")
+        .nth(1)
+        .unwrap()
+        .to_string();
     let base = format!("http://{}", running.http_addr);
-    TestServer { running, dir, key, base, http: reqwest::Client::new() }
+    TestServer {
+        running,
+        dir,
+        key,
+        base,
+        http: reqwest::Client::new(),
+    }
 }
 
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 pub fn http_date(offset_secs: i64) -> String {
     let t = std::time::SystemTime::now();
-    let t = if offset_secs >= 0 { t + Duration::from_secs(offset_secs as u64) } else { t - Duration::from_secs((-offset_secs) as u64) };
+    let t = if offset_secs >= 0 {
+        t + Duration::from_secs(offset_secs as u64)
+    } else {
+        t - Duration::from_secs((-offset_secs) as u64)
+    };
     httpdate::fmt_http_date(t)
 }
 
 impl TestServer {
     /// A REST call signed with `key` (the deployment's primary key unless given).
-    pub async fn signed(&self, method: &str, path_and_query: &str, body: Option<Value>, key: Option<&str>) -> (u16, Value) {
-        self.signed_raw(method, path_and_query, body.map(|b| b.to_string().into_bytes()).unwrap_or_default(), key, 0).await
+    pub async fn signed(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        self.signed_raw(
+            method,
+            path_and_query,
+            body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            key,
+            0,
+        )
+        .await
     }
 
-    pub async fn signed_raw(&self, method: &str, path_and_query: &str, body: Vec<u8>, key: Option<&str>, date_offset: i64) -> (u16, Value) {
+    pub async fn signed_raw(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Vec<u8>,
+        key: Option<&str>,
+        date_offset: i64,
+    ) -> (u16, Value) {
         let host = self.running.http_addr.to_string();
-        let headers = switchboard::http::hmac::sign(method, path_and_query, &host, &body, key.unwrap_or(&self.key), &http_date(date_offset));
-        let mut req = self.http.request(method.parse().unwrap(), format!("{}{}", self.base, path_and_query));
+        let headers = switchboard::http::hmac::sign(
+            method,
+            path_and_query,
+            &host,
+            &body,
+            key.unwrap_or(&self.key),
+            &http_date(date_offset),
+        );
+        let mut req = self.http.request(
+            method.parse().unwrap(),
+            format!("{}{}", self.base, path_and_query),
+        );
         for (k, v) in headers {
             req = req.header(k, v);
         }
-        let resp = req.header("content-type", "application/json").body(body).send().await.unwrap();
+        let resp = req
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) })
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            },
+        )
     }
 
     pub async fn create_identity(&self) -> String {
-        let (s, v) = self.signed("POST", &format!("/identities?{API}"), None, None).await;
+        let (s, v) = self
+            .signed("POST", &format!("/identities?{API}"), None, None)
+            .await;
         assert_eq!(s, 201, "{v}");
         v["identity"]["id"].as_str().unwrap().to_string()
     }
 
     pub async fn token_for(&self, id: &str, scopes: &[&str]) -> String {
         let enc = percent(id);
-        let (s, v) = self.signed("POST", &format!("/identities/{enc}/:issueAccessToken?{API}"), Some(json!({ "scopes": scopes })), None).await;
+        let (s, v) = self
+            .signed(
+                "POST",
+                &format!("/identities/{enc}/:issueAccessToken?{API}"),
+                Some(json!({ "scopes": scopes })),
+                None,
+            )
+            .await;
         assert_eq!(s, 200, "{v}");
         v["token"].as_str().unwrap().to_string()
     }
@@ -113,29 +193,46 @@ pub enum Next {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connects");
-        Client { ws, next_id: 1, events: Vec::new() }
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connects");
+        Client {
+            ws,
+            next_id: 1,
+            events: Vec::new(),
+        }
     }
 
     /// Connects and authenticates; panics unless accepted.
     pub async fn authed(url: &str, token: &str, name: &str) -> Client {
         let mut c = Client::connect(url).await;
-        let r = c.request("auth", json!({ "token": token, "displayName": name })).await;
+        let r = c
+            .request("auth", json!({ "token": token, "displayName": name }))
+            .await;
         assert_eq!(r["ok"], true, "auth refused: {r}");
         c
     }
 
     pub async fn send_json(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn next(&mut self, within: Duration) -> Option<Next> {
         loop {
             let m = tokio::time::timeout(within, self.ws.next()).await.ok()?;
             match m {
-                Some(Ok(Message::Text(t))) => return Some(Next::Frame(serde_json::from_str(&t).unwrap())),
-                Some(Ok(Message::Close(Some(f)))) => return Some(Next::Closed(u16::from(f.code), f.reason.to_string())),
-                Some(Ok(Message::Close(None))) | None => return Some(Next::Closed(CloseCode::Status.into(), String::new())),
+                Some(Ok(Message::Text(t))) => {
+                    return Some(Next::Frame(serde_json::from_str(&t).unwrap()));
+                }
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Some(Next::Closed(u16::from(f.code), f.reason.to_string()));
+                }
+                Some(Ok(Message::Close(None))) | None => {
+                    return Some(Next::Closed(CloseCode::Status.into(), String::new()));
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Some(Next::Closed(0, e.to_string())),
             }
@@ -151,9 +248,13 @@ impl Client {
         self.send_json(fields).await;
         loop {
             match self.next(Duration::from_secs(10)).await {
-                Some(Next::Frame(v)) if v["type"] == "response" && v["id"] == json!(id) => return v,
+                Some(Next::Frame(v)) if v["type"] == "response" && v["id"] == json!(id) => {
+                    return v;
+                }
                 Some(Next::Frame(v)) => self.events.push(v),
-                Some(Next::Closed(code, reason)) => return json!({ "closed": code, "reason": reason }),
+                Some(Next::Closed(code, reason)) => {
+                    return json!({ "closed": code, "reason": reason });
+                }
                 None => panic!("no response to {ty}"),
             }
         }
@@ -170,7 +271,10 @@ impl Client {
             match self.next(left).await {
                 Some(Next::Frame(v)) if pred(&v) => return v,
                 Some(Next::Frame(v)) => self.events.push(v),
-                Some(Next::Closed(code, reason)) => panic!("closed {code} {reason} while waiting; queued {:?}", self.events),
+                Some(Next::Closed(code, reason)) => panic!(
+                    "closed {code} {reason} while waiting; queued {:?}",
+                    self.events
+                ),
                 None => panic!("timed out waiting for event; queued {:?}", self.events),
             }
         }

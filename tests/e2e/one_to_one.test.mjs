@@ -301,14 +301,20 @@ test("callee never connected: Alice's call ends with 480", { timeout: 60000 }, a
   assert.deepEqual(a.states, ["None", "Connecting", "Disconnected"]);
 });
 
-test("Bob disposed his agent (offline): Alice's call ends with 480", { timeout: 60000 }, async () => {
+test("dispose() closes the socket with 1000", { timeout: 60000 }, async () => {
   await resetPages();
   const closed = await bob.page.evaluate(async () => {
     await window.agent.dispose();
-    return { state: window.agent.connectionState, close: window.agent.closeInfo };
+    return { state: window.agent.connectionState, close: window.agent.closeInfo, calls: window.agent.calls.length };
   });
   assert.equal(closed.state, "Disconnected");
-  assert.equal(closed.close.code, 1000);
+  assert.equal(closed.calls, 0);
+  assert.equal(closed.close.code, 1000, `close event ${JSON.stringify(closed.close)} (1006 = the server dropped the connection without answering the close frame)`);
+});
+
+test("Bob offline after dispose(): Alice's call ends with 480", { timeout: 60000 }, async () => {
+  await resetPages();
+  await bob.page.evaluate(() => window.agent.dispose());
   await pollUntil(() => demoUsers(server.httpUrl), (users) => users.some((u) => u.communicationUserId === bobUser.communicationUserId && u.online === false), {
     timeoutMs: 5000,
     what: "/demo/users shows Bob offline",

@@ -35,25 +35,44 @@ pub struct IceCandidate {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
     /// First frame: the user access token.
-    Auth { id: RequestId, token: String, display_name: Option<String> },
+    Auth {
+        id: RequestId,
+        token: String,
+        display_name: Option<String>,
+    },
     /// Heartbeat request.
     Ping { id: RequestId },
     /// Start a 1:1 call.
-    StartCall { id: RequestId, targets: Vec<Target>, video: bool },
+    StartCall {
+        id: RequestId,
+        targets: Vec<Target>,
+        video: bool,
+    },
     /// Answer an incoming call.
     Accept { id: RequestId, call_id: String },
     /// Decline an incoming call.
     Reject { id: RequestId, call_id: String },
     /// Leave (and in 1:1, end) a call.
-    HangUp { id: RequestId, call_id: String, for_everyone: bool },
+    HangUp {
+        id: RequestId,
+        call_id: String,
+        for_everyone: bool,
+    },
     /// SDP offer for this connection's media session in a call.
-    Offer { id: RequestId, call_id: String, sdp: String },
+    Offer {
+        id: RequestId,
+        call_id: String,
+        sdp: String,
+    },
     /// Microphone muted.
     Mute { id: RequestId, call_id: String },
     /// Microphone unmuted.
     Unmute { id: RequestId, call_id: String },
     /// Trickle ICE candidate (notice).
-    IceCandidate { call_id: String, candidate: IceCandidate },
+    IceCandidate {
+        call_id: String,
+        candidate: IceCandidate,
+    },
 }
 
 impl ClientMessage {
@@ -86,22 +105,41 @@ pub struct DecodeError {
 }
 
 fn err(id: Option<&Value>, message: impl Into<String>) -> DecodeError {
-    DecodeError { id: id.cloned(), message: message.into() }
+    DecodeError {
+        id: id.cloned(),
+        message: message.into(),
+    }
 }
 
-fn field_str(obj: &serde_json::Map<String, Value>, id: Option<&Value>, ty: &str, name: &str) -> Result<String, DecodeError> {
+fn field_str(
+    obj: &serde_json::Map<String, Value>,
+    id: Option<&Value>,
+    ty: &str,
+    name: &str,
+) -> Result<String, DecodeError> {
     match obj.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(err(id, format!("field \"{name}\" of \"{ty}\" must be a string"))),
+        Some(_) => Err(err(
+            id,
+            format!("field \"{name}\" of \"{ty}\" must be a string"),
+        )),
         None => Err(err(id, format!("\"{ty}\" needs field \"{name}\""))),
     }
 }
 
-fn field_bool(obj: &serde_json::Map<String, Value>, id: Option<&Value>, ty: &str, name: &str) -> Result<bool, DecodeError> {
+fn field_bool(
+    obj: &serde_json::Map<String, Value>,
+    id: Option<&Value>,
+    ty: &str,
+    name: &str,
+) -> Result<bool, DecodeError> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(err(id, format!("field \"{name}\" of \"{ty}\" must be a boolean"))),
+        Some(_) => Err(err(
+            id,
+            format!("field \"{name}\" of \"{ty}\" must be a boolean"),
+        )),
     }
 }
 
@@ -111,7 +149,8 @@ fn field_bool(obj: &serde_json::Map<String, Value>, id: Option<&Value>, ty: &str
 /// A [`DecodeError`] saying what is wrong: not JSON, not an object, no or non-string `type`, unknown `type`,
 /// a request without `id`, a missing or mistyped field.
 pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| err(None, format!("frame is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| err(None, format!("frame is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(err(None, "frame must be a JSON object"));
     };
@@ -125,7 +164,10 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
         Some(_) => return Err(err(id, "field \"type\" must be a string")),
         None => return Err(err(id, "frame needs field \"type\"")),
     };
-    let need_id = || id.cloned().ok_or_else(|| err(None, format!("request \"{ty}\" needs field \"id\"")));
+    let need_id = || {
+        id.cloned()
+            .ok_or_else(|| err(None, format!("request \"{ty}\" needs field \"id\"")))
+    };
     let s = |name: &str| field_str(&obj, id, ty, name);
     let msg = match ty {
         "auth" => ClientMessage::Auth {
@@ -134,7 +176,12 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
             display_name: match obj.get("displayName") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(n)) => Some(n.chars().take(256).collect()),
-                Some(_) => return Err(err(id, "field \"displayName\" of \"auth\" must be a string")),
+                Some(_) => {
+                    return Err(err(
+                        id,
+                        "field \"displayName\" of \"auth\" must be a string",
+                    ));
+                }
             },
         },
         "ping" => ClientMessage::Ping { id: need_id()? },
@@ -145,18 +192,38 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
                 })?,
                 None => return Err(err(id, "\"startCall\" needs field \"targets\"")),
             };
-            ClientMessage::StartCall { id: need_id()?, targets, video: field_bool(&obj, id, ty, "video")? }
+            ClientMessage::StartCall {
+                id: need_id()?,
+                targets,
+                video: field_bool(&obj, id, ty, "video")?,
+            }
         }
-        "accept" => ClientMessage::Accept { id: need_id()?, call_id: s("callId")? },
-        "reject" => ClientMessage::Reject { id: need_id()?, call_id: s("callId")? },
+        "accept" => ClientMessage::Accept {
+            id: need_id()?,
+            call_id: s("callId")?,
+        },
+        "reject" => ClientMessage::Reject {
+            id: need_id()?,
+            call_id: s("callId")?,
+        },
         "hangUp" => ClientMessage::HangUp {
             id: need_id()?,
             call_id: s("callId")?,
             for_everyone: field_bool(&obj, id, ty, "forEveryone")?,
         },
-        "offer" => ClientMessage::Offer { id: need_id()?, call_id: s("callId")?, sdp: s("sdp")? },
-        "mute" => ClientMessage::Mute { id: need_id()?, call_id: s("callId")? },
-        "unmute" => ClientMessage::Unmute { id: need_id()?, call_id: s("callId")? },
+        "offer" => ClientMessage::Offer {
+            id: need_id()?,
+            call_id: s("callId")?,
+            sdp: s("sdp")?,
+        },
+        "mute" => ClientMessage::Mute {
+            id: need_id()?,
+            call_id: s("callId")?,
+        },
+        "unmute" => ClientMessage::Unmute {
+            id: need_id()?,
+            call_id: s("callId")?,
+        },
         "iceCandidate" => {
             let candidate = match obj.get("candidate") {
                 Some(c) => serde_json::from_value::<IceCandidate>(c.clone()).map_err(|e| {
@@ -164,7 +231,10 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
                 })?,
                 None => return Err(err(id, "\"iceCandidate\" needs field \"candidate\"")),
             };
-            ClientMessage::IceCandidate { call_id: s("callId")?, candidate }
+            ClientMessage::IceCandidate {
+                call_id: s("callId")?,
+                candidate,
+            }
         }
         other => {
             let shown: String = other.chars().take(64).collect();
@@ -188,7 +258,11 @@ pub struct EndReason {
 impl EndReason {
     /// Builds an end reason.
     pub fn new(code: u16, subcode: u32, message: impl Into<String>) -> EndReason {
-        EndReason { code, subcode, message: message.into() }
+        EndReason {
+            code,
+            subcode,
+            message: message.into(),
+        }
     }
 }
 
@@ -230,10 +304,18 @@ pub enum ServerMessage {
     },
     /// Someone calls this identity.
     #[serde(rename_all = "camelCase")]
-    IncomingCall { call_id: String, caller: Target, caller_display_name: Option<String>, video: bool },
+    IncomingCall {
+        call_id: String,
+        caller: Target,
+        caller_display_name: Option<String>,
+        video: bool,
+    },
     /// An incoming call went away before this connection answered.
     #[serde(rename_all = "camelCase")]
-    IncomingCallEnded { call_id: String, end_reason: EndReason },
+    IncomingCallEnded {
+        call_id: String,
+        end_reason: EndReason,
+    },
     /// The call's state as this connection sees it.
     #[serde(rename_all = "camelCase")]
     CallStateChanged {
@@ -255,18 +337,30 @@ pub enum ServerMessage {
 impl ServerMessage {
     /// A successful response.
     pub fn ok(id: RequestId, result: Value) -> ServerMessage {
-        ServerMessage::Response { id, ok: true, result: Some(result), error: None }
+        ServerMessage::Response {
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
     }
 
     /// A failed response.
     pub fn fail(id: RequestId, code: &str, message: impl Into<String>) -> ServerMessage {
         let error = serde_json::json!({ "code": code, "message": message.into() });
-        ServerMessage::Response { id, ok: false, result: None, error: Some(error) }
+        ServerMessage::Response {
+            id,
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
     }
 
     /// An `error` event.
     pub fn error(code: &str, message: impl Into<String>) -> ServerMessage {
-        ServerMessage::Error { error: serde_json::json!({ "code": code, "message": message.into() }) }
+        ServerMessage::Error {
+            error: serde_json::json!({ "code": code, "message": message.into() }),
+        }
     }
 
     /// The JSON text frame.
@@ -282,12 +376,16 @@ mod tests {
 
     #[test]
     fn decodes_requests() {
-        let m = decode_client_message(r#"{"type":"startCall","id":3,"targets":[{"communicationUserId":"8:acs:a_b"}]}"#);
+        let m = decode_client_message(
+            r#"{"type":"startCall","id":3,"targets":[{"communicationUserId":"8:acs:a_b"}]}"#,
+        );
         assert_eq!(
             m.unwrap(),
             ClientMessage::StartCall {
                 id: Value::from(3),
-                targets: vec![Target { communication_user_id: "8:acs:a_b".into() }],
+                targets: vec![Target {
+                    communication_user_id: "8:acs:a_b".into()
+                }],
                 video: false
             }
         );
@@ -295,8 +393,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        assert!(decode_client_message("{").unwrap_err().message.contains("not valid JSON"));
-        assert!(decode_client_message("[]").unwrap_err().message.contains("JSON object"));
+        assert!(
+            decode_client_message("{")
+                .unwrap_err()
+                .message
+                .contains("not valid JSON")
+        );
+        assert!(
+            decode_client_message("[]")
+                .unwrap_err()
+                .message
+                .contains("JSON object")
+        );
         let e = decode_client_message(r#"{"type":"dial","id":"x"}"#).unwrap_err();
         assert_eq!(e.id, Some(Value::from("x")));
         assert!(e.message.contains("unknown message type \"dial\""));

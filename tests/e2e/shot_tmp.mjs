@@ -1,0 +1,14 @@
+import { launchBrowser } from "./lib/browser.mjs";
+import { startServer } from "./lib/server.mjs";
+process.env.SWITCHBOARD_BIN = "/tmp/mock/switchboard-mock";
+const server = await startServer({ label: "mockshot" });
+const a = await launchBrowser("a"), b = await launchBrowser("b");
+await a.page.goto(server.httpUrl + "/"); await b.page.goto(server.httpUrl + "/");
+await a.page.screenshot({ path: "/tmp/s0.png" });
+await a.page.fill("#name", "Alice"); await a.page.click("#signin");
+await b.page.fill("#name", "Bob"); await b.page.click("#signin");
+await a.page.locator("#people button", { hasText: "Bob" }).click();
+await a.page.click("#call");
+await b.page.locator("#accept").waitFor();
+await b.page.screenshot({ path: "/tmp/s1.png" });
+await a.close(); await b.close(); await server.stop();
