@@ -146,6 +146,29 @@ struct Net {
     in_flight: VecDeque<Datagram>,
     /// Datagrams the SFU refused.
     refused: usize,
+    /// Loss on the way to the SFU that retransmissions cannot repair: from this address, every
+    /// retransmission (RTX payload type) is dropped, and while `video_lost` every video packet too.
+    lossy: Option<Lossy>,
+}
+
+struct Lossy {
+    from: SocketAddr,
+    video_pt: u8,
+    rtx_pt: u8,
+    video_lost: bool,
+}
+
+impl Lossy {
+    fn drops(&self, d: &Datagram) -> bool {
+        // RTP header (RFC 3550 §5.1, in the clear under SRTP): version 2, then marker + PT.
+        let Some(&[first, second]) = d.contents.get(..2) else {
+            return false;
+        };
+        let pt = second & 0x7f;
+        d.source == self.from
+            && first >> 6 == 2
+            && (pt == self.rtx_pt || (self.video_lost && pt == self.video_pt))
+    }
 }
 
 impl Net {
@@ -162,6 +185,7 @@ impl Net {
             sfu_events: Vec::new(),
             in_flight: VecDeque::new(),
             refused: 0,
+            lossy: None,
         }
     }
 
@@ -252,6 +276,9 @@ impl Net {
 
     fn deliver(&mut self, d: Datagram) {
         if d.destination == sfu_addr() {
+            if self.lossy.as_ref().is_some_and(|l| l.drops(&d)) {
+                return;
+            }
             if !self
                 .sfu
                 .handle_receive(self.now, d.source, d.destination, &d.contents)
@@ -470,6 +497,52 @@ fn keyframe_request_from_subscriber_reaches_publisher() {
         .expect("PLI possible");
     net.run_for(Duration::from_millis(100));
     assert_eq!(net.clients[a].keyframe_requests(video_a), 0, "throttled");
+}
+
+#[test]
+fn lost_video_makes_the_sfu_request_a_keyframe_upstream() {
+    let (mut net, a, b) = two_clients(default_codecs);
+    for tick in 0..20 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    net.run_for(Duration::from_millis(600));
+    let video_a = net.clients[a].video;
+    net.clients[a].events.clear();
+    assert_eq!(net.sfu.stats().keyframe_requests_generated, 0);
+
+    let vp8 = net.clients[a]
+        .rtc
+        .writer(video_a)
+        .expect("writer")
+        .payload_params()
+        .find(|p| p.spec().codec == Codec::Vp8)
+        .copied()
+        .expect("VP8 negotiated");
+    net.lossy = Some(Lossy {
+        from: net.clients[a].addr,
+        video_pt: *vp8.pt(),
+        rtx_pt: *vp8.resend().expect("RTX negotiated"),
+        video_lost: true,
+    });
+    for tick in 20..26 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    if let Some(lossy) = &mut net.lossy {
+        lossy.video_lost = false;
+    }
+    for tick in 26..60 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    assert!(
+        net.sfu.stats().keyframe_requests_generated >= 1,
+        "{:?}",
+        net.sfu.stats()
+    );
+    assert!(net.clients[a].keyframe_requests(video_a) >= 1);
+    // B still gets the frames after the gap.
+    let video_b = net.clients[b].video;
+    let late = payloads(&net.clients[b].media(video_b));
+    assert!(late.contains(&vp8_frame(1, 58)));
 }
 
 #[test]
