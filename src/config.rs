@@ -124,13 +124,24 @@ impl Config {
             None => {}
         }
         // Environment: a pure function of the pairs given, so tests need not touch the process environment.
+        // Other programs' SWITCHBOARD_* variables (SWITCHBOARD_CONFIG, test tooling) are not config keys.
+        let known = Config::keys();
         let mut env_toml = toml_table(env);
-        env_toml.retain(|k, _| k != "config");
+        env_toml.retain(|k, _| known.iter().any(|n| n == k));
         fig = fig.merge(Toml::string(&env_toml.to_string()));
         fig = fig.merge(Serialized::defaults(flags));
         let config: Config = fig.extract().map_err(|e| ConfigError(describe(&e)))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Every key name (`https_port`, ...).
+    pub fn keys() -> Vec<String> {
+        let optional = ["public_host", "public_ip", "tls_cert", "tls_key"].map(String::from);
+        match toml::Table::try_from(Config::default()) {
+            Ok(t) => t.keys().cloned().chain(optional).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Checks values that parse but make no sense.
@@ -245,6 +256,7 @@ mod tests {
         let e = env(&[
             ("SWITCHBOARD_HTTPS_PORT", "9443"),
             ("SWITCHBOARD_PUBLIC_HOST", "calls.example.org"),
+            ("SWITCHBOARD_BIN", "/usr/bin/x"),
             ("PATH", "/bin"),
         ]);
         let c = Config::load(None, &e, &Overrides::default()).unwrap();

@@ -452,3 +452,23 @@ async fn start_call_validates_targets() {
     assert_eq!(r["error"]["code"], "CallNotFound");
     s.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_close_is_echoed_and_auth_names_the_connection() {
+    let s = server().await;
+    let (_, token) = s.user().await;
+    let mut c = Client::connect(&s.ws_url()).await;
+    let r = c.request("auth", json!({"token": token})).await;
+    assert!(r["result"]["connectionId"].is_string(), "{r}");
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    c.ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "dispose".into(),
+    }))
+    .await
+    .unwrap();
+    let (code, reason) = c.closed(T).await;
+    assert_eq!(code, 1000, "{reason}");
+    s.running.shutdown().await;
+}

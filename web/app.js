@@ -299,9 +299,13 @@ async function declineIncoming() {
 function renderIncoming() {
   const incoming = app.incoming[0];
   $("incoming").hidden = !incoming;
-  if (!incoming) return;
+  if (!incoming) {
+    document.title = app.me ? `Switchboard — ${app.me.name}` : "Switchboard — calls";
+    return;
+  }
   const who = incoming.callerInfo.displayName || nameOf(incoming.callerInfo.identifier.communicationUserId) || incoming.callerInfo.identifier.communicationUserId;
   $("incoming-text").textContent = `${who} is calling you${incoming.isVideoCall ? " (video call)" : ""}`;
+  document.title = `Incoming call — ${who}`;
   $("accept").focus();
 }
 

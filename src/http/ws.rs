@@ -60,7 +60,7 @@ struct Authed {
 }
 
 /// Reads and checks the `auth` frame; on failure closes the socket and returns None.
-async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<Authed> {
+async fn authenticate(socket: &mut WebSocket, state: &AppState, conn: u64) -> Option<Authed> {
     let first = match tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return None,
@@ -101,6 +101,7 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<Authed
         Ok(claims) => {
             let result = json!({
                 "communicationUserId": claims.sub,
+                "connectionId": conn.to_string(),
                 "heartbeatIntervalMs": HEARTBEAT_INTERVAL.as_millis() as u64,
                 "tokenExpiresOn": super::identity::iso8601(claims.exp),
             });
@@ -123,10 +124,10 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<Authed
 }
 
 async fn session(mut socket: WebSocket, state: AppState) {
-    let Some(authed) = authenticate(&mut socket, &state).await else {
+    let conn = state.hub.next_conn_id();
+    let Some(authed) = authenticate(&mut socket, &state, conn).await else {
         return;
     };
-    let conn = state.hub.next_conn_id();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     state.hub.send(HubCommand::Register {
         conn,
@@ -170,7 +171,13 @@ async fn session(mut socket: WebSocket, state: AppState) {
                         if !send(&mut socket, &ServerMessage::error("BadMessage", "binary frames are not supported; send JSON text")).await { break; }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // Echo the close (RFC 6455 §5.5.1) so the client sees its own code, not 1006.
+                        // tungstenite queues the echo when it reads the close; flushing writes it.
+                        let _ = futures_util::SinkExt::flush(&mut socket).await;
+                        break;
+                    }
+                    None => break,
                     Some(Err(e)) => {
                         let text = e.to_string();
                         if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big") {

@@ -301,6 +301,56 @@ test("callee never connected: Alice's call ends with 480", { timeout: 60000 }, a
   assert.deepEqual(a.states, ["None", "Connecting", "Disconnected"]);
 });
 
+test("Bob on two connections: accepting on one ends the other's incoming call with 0/5003", { timeout: 90000 }, async () => {
+  await resetPages();
+  const second = await bob.context.newPage();
+  try {
+    await second.goto(`${server.httpUrl}/`);
+    await connectAgent(second, bobUser.token, "Bob (second tab)");
+    await startCall(alice.page, bobUser.communicationUserId);
+    await Promise.all([waitIncoming(bob.page), waitIncoming(second)]);
+    await bob.page.evaluate(async () => window.trackCall(await window.incoming.shift().accept({ audio: true, video: false })));
+    const reason = await pollUntil(() => second.evaluate(() => window.incoming[0]?.endedWith ?? null), (r) => r !== null, {
+      timeoutMs: CONNECT_TIMEOUT_MS,
+      what: "the second connection's incomingCall callEnded",
+    });
+    assert.deepEqual([reason.code, reason.subcode], [0, 5003]);
+    await Promise.all([waitState(alice.page, "Connected", CONNECT_TIMEOUT_MS), waitState(bob.page, "Connected", CONNECT_TIMEOUT_MS)]);
+    // Bob sends no video (video: false): Alice still gets his audio, Bob gets Alice's audio and video.
+    await pollUntil(() => inboundStats(bob.page), (s) => s.audio?.packetsReceived > 50 && s.video?.framesDecoded > 10, {
+      timeoutMs: MEDIA_TIMEOUT_MS,
+      intervalMs: 500,
+      what: "Bob receives Alice's audio and video",
+    });
+    await pollUntil(() => inboundStats(alice.page), (s) => s.audio?.packetsReceived > 50, { timeoutMs: MEDIA_TIMEOUT_MS, intervalMs: 500, what: "Alice receives Bob's audio" });
+    assert.equal((await callSummary(bob.page)).isLocalVideoStarted, false);
+    await bob.page.evaluate(() => window.call.hangUp());
+    const a = await waitState(alice.page, "Disconnected", CONNECT_TIMEOUT_MS);
+    assert.equal(a.callEndReason.code, 0);
+  } finally {
+    await second.evaluate(() => window.agent?.dispose()).catch(() => {});
+    await second.close();
+  }
+});
+
+test("Alice's socket drops mid-call: Bob's call ends with 0/5010", { timeout: 90000 }, async () => {
+  await resetPages();
+  await startCall(alice.page, bobUser.communicationUserId);
+  await waitIncoming(bob.page);
+  await bob.page.evaluate(async () => window.trackCall(await window.incoming.shift().accept({ audio: true, video: true })));
+  await Promise.all([waitState(alice.page, "Connected", CONNECT_TIMEOUT_MS), waitState(bob.page, "Connected", CONNECT_TIMEOUT_MS)]);
+  // Close the WebSocket under the SDK (as a network drop would), without hanging up.
+  await alice.page.evaluate(() => window.agent._ws.close(4000, "test: simulated drop"));
+  const a = await waitState(alice.page, "Disconnected", CONNECT_TIMEOUT_MS);
+  assert.equal(a.callEndReason.code, 0);
+  assert.equal(a.liveLocalTracks, 0);
+  const b = await waitState(bob.page, "Disconnected", CONNECT_TIMEOUT_MS);
+  assert.deepEqual([b.callEndReason.code, b.callEndReason.subcode], [0, 5010], `Bob's end reason ${JSON.stringify(b.callEndReason)}`);
+  assert.equal(await alice.page.evaluate(() => window.agent.connectionState), "Disconnected");
+  // Alice signs in again for the tests that follow.
+  await connectAgent(alice.page, aliceUser.token, "Alice");
+});
+
 test("dispose() closes the socket with 1000", { timeout: 60000 }, async () => {
   await resetPages();
   const closed = await bob.page.evaluate(async () => {

@@ -264,9 +264,8 @@ export class CallAgent extends Emitter {
       ws.addEventListener("message", (ev) => this._onMessage(ev));
       ws.addEventListener("close", (ev) => {
         if (!settled) {
-          const code = ev.code === 4401 ? 4401 : ev.code;
           const what = ev.code === 4401 ? "authentication failed" : "connection closed before authentication";
-          fail(sdkError(code, `${what} (close ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`, { reason: ev.reason }));
+          fail(sdkError(ev.code, `${what} (close ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`, { reason: ev.reason }));
         }
         this._onClosed(ev.code, ev.reason);
       });
@@ -837,12 +836,13 @@ export class Call extends Emitter {
   }
 
   /**
-   * The statistics of the call's RTCPeerConnection (an empty Map before media started).
+   * The statistics of the call's RTCPeerConnection (an empty Map before media started and after the call ended,
+   * when the peer connection is closed).
    * @returns {Promise<RTCStatsReport|Map<string, any>>}
    */
   async getStats() {
     const pc = this.peerConnection;
-    if (!pc) return new Map();
+    if (!pc || pc.signalingState === "closed") return new Map();
     return pc.getStats();
   }
 

@@ -40,7 +40,13 @@ export async function launchBrowser(label, options = {}) {
     context = await chromium.launchPersistentContext(userDataDir, {
       executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
       headless: true,
-      args: [...CHROMIUM_ARGS, ...(options.extraArgs || [])],
+      args: [
+        ...CHROMIUM_ARGS,
+        // Responses fulfilled by a route have no IP address space; Chromium would then block the page's WebSocket to
+        // 127.0.0.1 under Local Network Access checks.
+        ...(process.env.SWITCHBOARD_E2E_WEB_DIR ? ["--disable-features=LocalNetworkAccessChecks"] : []),
+        ...(options.extraArgs || []),
+      ],
       permissions: ["camera", "microphone"],
       viewport: { width: 1100, height: 800 },
       timeout: 60000,
@@ -49,6 +55,7 @@ export async function launchBrowser(label, options = {}) {
     fs.rmSync(userDataDir, { recursive: true, force: true });
     throw e;
   }
+  if (process.env.SWITCHBOARD_E2E_WEB_DIR) await serveWebFromDisk(context, process.env.SWITCHBOARD_E2E_WEB_DIR);
   const page = context.pages()[0] || (await context.newPage());
   page.setDefaultTimeout(30000);
   page.on("console", (msg) => {
@@ -77,6 +84,27 @@ export async function launchBrowser(label, options = {}) {
     return closing;
   };
   return { label, context, page, close };
+}
+
+/** The files the server embeds from web/ at compile time, by URL path. */
+const WEB_FILES = { "/": "index.html", "/app.js": "app.js", "/app.css": "app.css", "/sdk/calling.js": "sdk/calling.js" };
+const WEB_TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8" };
+
+/**
+ * Development aid (SWITCHBOARD_E2E_WEB_DIR=../../web): answers the page and SDK requests from the working tree instead
+ * of the files embedded in the server binary, so web/ edits can be tried without rebuilding. Everything else
+ * (demo API, signaling, media) still goes to the server. Not for CI: the real tests must exercise the server.
+ */
+async function serveWebFromDisk(context, dir) {
+  const root = path.resolve(dir);
+  console.error(`[e2e] serving ${Object.keys(WEB_FILES).join(" ")} from ${root} (SWITCHBOARD_E2E_WEB_DIR)`);
+  await context.route(
+    (url) => Object.hasOwn(WEB_FILES, url.pathname),
+    (route) => {
+      const file = path.join(root, WEB_FILES[new URL(route.request().url()).pathname]);
+      route.fulfill({ status: 200, headers: { "content-type": WEB_TYPES[path.extname(file)], "cache-control": "no-cache" }, body: fs.readFileSync(file) });
+    },
+  );
 }
 
 const LOCK_DIR = path.join(os.tmpdir(), "switchboard-e2e-browsers.lock");
