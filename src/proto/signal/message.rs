@@ -6,7 +6,7 @@ use serde_json::Value;
 /// Largest text frame accepted, in bytes (64 KiB); larger frames close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 
-/// A client-chosen request id: a string or a number, echoed in the response.
+/// A client-chosen request id: a string or a 64-bit integer, echoed in the response exactly.
 pub type RequestId = Value;
 
 /// A call target. Only communication users exist in this version; phone numbers come with the SIP gateway.
@@ -155,9 +155,17 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
         return Err(err(None, "frame must be a JSON object"));
     };
     let id = match obj.get("id") {
-        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
+        // Integers only: serde_json does not echo every float or out-of-range integer exactly, and a
+        // response must carry the very id the client sent.
+        Some(v @ Value::String(_)) => Some(v),
+        Some(v @ Value::Number(n)) if n.is_i64() || n.is_u64() => Some(v),
         Some(Value::Null) | None => None,
-        Some(_) => return Err(err(None, "field \"id\" must be a string or a number")),
+        Some(_) => {
+            return Err(err(
+                None,
+                "field \"id\" must be a string or an integer (64-bit)",
+            ));
+        }
     };
     let ty = match obj.get("type") {
         Some(Value::String(t)) => t.as_str(),
@@ -389,6 +397,22 @@ mod tests {
                 video: false
             }
         );
+    }
+
+    #[test]
+    fn fractional_and_huge_ids_are_refused() {
+        // Found by the signal_decode fuzz target: such ids did not round-trip through the response.
+        for frame in [
+            r#"{"type":"ping","id":444444444439.5444444444444244}"#,
+            r#"{"type":"ping","id":288888888888888888888888888888888888888888}"#,
+        ] {
+            let e = decode_client_message(frame).unwrap_err();
+            assert_eq!(e.id, None);
+            assert!(e.message.contains("integer"), "{}", e.message);
+        }
+        let m = decode_client_message(r#"{"type":"ping","id":18446744073709551615}"#).unwrap();
+        let reply = ServerMessage::ok(m.id().unwrap().clone(), serde_json::json!({})).to_json();
+        assert!(reply.contains(r#""id":18446744073709551615"#), "{reply}");
     }
 
     #[test]
