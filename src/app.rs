@@ -22,6 +22,10 @@ use crate::service::identity::IdentityService;
 use crate::service::store::Store;
 use crate::sfu::{ParticipantId, SfuEvent};
 
+/// A client must send a request's headers within this time of connecting (or of its previous request), so idle
+/// and slow-header connections (slowloris) are closed.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// How long open HTTP requests may take to finish after SIGTERM.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -42,6 +46,7 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     https: axum_server::Handle<SocketAddr>,
+    http: axum_server::Handle<SocketAddr>,
     store: Store,
 }
 
@@ -50,6 +55,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.https.graceful_shutdown(Some(DRAIN_GRACE));
+        self.http.graceful_shutdown(Some(DRAIN_GRACE));
         for t in self.tasks {
             let _ = tokio::time::timeout(DRAIN_GRACE + Duration::from_secs(2), t).await;
         }
@@ -178,16 +184,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
 
-    let http_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.http_port))
-        .await
+    let http_listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.http_port))
         .with_context(|| format!("binding HTTP port 127.0.0.1:{}", config.http_port))?;
+    http_listener.set_nonblocking(true)?;
     let http_addr = http_listener.local_addr()?;
-    let http_shutdown = shutdown.clone();
+    let http = axum_server::Handle::new();
+    let mut http_server = axum_server::from_tcp(http_listener)?
+        .acceptor(crate::http::listener::IdleTimeoutAcceptor)
+        .handle(http.clone());
+    http_server
+        .http_builder()
+        .http1()
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let http_app = app.clone();
     let http_task = tokio::spawn(async move {
-        let serve = axum::serve(http_listener, http_app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-        if let Err(e) = serve.await {
+        if let Err(e) = http_server.serve(http_app).await {
             tracing::error!(error = %e, "HTTP listener failed");
         }
     });
@@ -208,7 +219,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding HTTPS port {}", config.https_port))?;
     https_listener.set_nonblocking(true)?;
     let https_addr = https_listener.local_addr()?;
-    let https_server = axum_server::from_tcp_rustls(https_listener, tls)?.handle(https.clone());
+    let tls_acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(crate::http::listener::IdleTimeoutAcceptor);
+    let mut https_server = axum_server::from_tcp(https_listener)?
+        .acceptor(tls_acceptor)
+        .handle(https.clone());
+    https_server
+        .http_builder()
+        .http1()
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let https_task = tokio::spawn(async move {
         if let Err(e) = https_server.serve(app).await {
             tracing::error!(error = %e, "HTTPS listener failed");
@@ -226,6 +245,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         tasks: vec![http_task, https_task, media_task, media_events],
         https,
+        http,
         store,
     })
 }

@@ -6,9 +6,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchboard::proto::signal::{ClientMessage, Target};
 use switchboard::service::calls::{
-    Hub, HubCommand, HubConfig, MediaNotice, MediaParticipant, MediaPlane, Outbound,
+    Hub, HubCommand, HubConfig, MediaNotice, MediaParticipant, MediaPlane, Outbound, OutboundTx,
 };
 use tokio::sync::mpsc;
+
+const A: &str = "8:acs:00000000-0000-4000-8000-000000000001_00000000-0000-4000-8000-00000000000a";
+const B: &str = "8:acs:00000000-0000-4000-8000-000000000001_00000000-0000-4000-8000-00000000000b";
 
 #[derive(Default)]
 struct FakeMedia {
@@ -32,11 +35,11 @@ impl MediaPlane for FakeMedia {
 
 struct Conn {
     id: u64,
-    rx: mpsc::UnboundedReceiver<Outbound>,
+    rx: mpsc::Receiver<Outbound>,
 }
 
 fn register(hub: &Hub, identity: &str) -> Conn {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx, _overflow) = OutboundTx::channel();
     let id = hub.next_conn_id();
     hub.send(HubCommand::Register {
         conn: id,
@@ -90,9 +93,9 @@ async fn call_id(c: &mut Conn) -> String {
 async fn ring_timeout_ends_with_408_after_60s() {
     let media = Arc::new(FakeMedia::default());
     let hub = Hub::spawn(HubConfig::default(), media.clone());
-    let mut a = register(&hub, "8:acs:r_a");
-    let mut b = register(&hub, "8:acs:r_b");
-    start_call(&hub, &a, "8:acs:r_b");
+    let mut a = register(&hub, A);
+    let mut b = register(&hub, B);
+    start_call(&hub, &a, B);
     let id = call_id(&mut a).await;
     until(&mut a, |v| v["state"] == "Ringing").await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
@@ -121,9 +124,9 @@ async fn answered_call_does_not_time_out() {
         },
         Arc::new(FakeMedia::default()),
     );
-    let mut a = register(&hub, "8:acs:r_a");
-    let mut b = register(&hub, "8:acs:r_b");
-    start_call(&hub, &a, "8:acs:r_b");
+    let mut a = register(&hub, A);
+    let mut b = register(&hub, B);
+    start_call(&hub, &a, B);
     let id = call_id(&mut a).await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
     hub.send(HubCommand::Client {
@@ -154,10 +157,10 @@ async fn answered_call_does_not_time_out() {
 async fn cancel_reject_and_media_loss() {
     let media = Arc::new(FakeMedia::default());
     let hub = Hub::spawn(HubConfig::default(), media.clone());
-    let mut a = register(&hub, "8:acs:r_a");
-    let mut b = register(&hub, "8:acs:r_b");
+    let mut a = register(&hub, A);
+    let mut b = register(&hub, B);
 
-    start_call(&hub, &a, "8:acs:r_b");
+    start_call(&hub, &a, B);
     let id = call_id(&mut a).await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
     hub.send(HubCommand::Client {
@@ -177,7 +180,7 @@ async fn cancel_reject_and_media_loss() {
         487
     );
 
-    start_call(&hub, &a, "8:acs:r_b");
+    start_call(&hub, &a, B);
     let id = call_id(&mut a).await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
     hub.send(HubCommand::Client {
@@ -192,7 +195,7 @@ async fn cancel_reject_and_media_loss() {
         603
     );
 
-    start_call(&hub, &a, "8:acs:r_b");
+    start_call(&hub, &a, B);
     let id = call_id(&mut a).await;
     until(&mut b, |v| v["type"] == "incomingCall").await;
     hub.send(HubCommand::Client {
@@ -212,4 +215,21 @@ async fn cancel_reject_and_media_loss() {
     let d = until(&mut b, |v| v["state"] == "Disconnected").await;
     assert_eq!(d["endReason"]["subcode"], 5020, "{d}");
     assert_eq!(media.removed.lock().unwrap().len(), before + 2);
+}
+
+#[tokio::test]
+async fn a_connection_that_stops_reading_is_marked_for_closing() {
+    let (tx, _rx, overflow) = OutboundTx::channel();
+    for _ in 0..switchboard::service::calls::OUTBOUND_QUEUE {
+        tx.send(Outbound::Close {
+            code: 1000,
+            reason: String::new(),
+        });
+    }
+    assert!(!overflow.is_cancelled());
+    tx.send(Outbound::Close {
+        code: 1000,
+        reason: String::new(),
+    });
+    assert!(overflow.is_cancelled());
 }

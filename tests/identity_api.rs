@@ -369,3 +369,62 @@ fn base64_of(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+#[tokio::test]
+async fn demo_sign_in_over_https_loopback_and_concurrently() {
+    let s = server().await;
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(&s.running.cert_path).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(cert)
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/demo/signin",
+        s.running.https_addr.port()
+    );
+    let resp = https
+        .post(&url)
+        .body(r#"{"name":"Carol"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "127.0.0.1 over the dual-stack HTTPS listener is loopback"
+    );
+
+    let calls = (0..8).map(|_| {
+        s.http
+            .post(format!("{}/demo/signin", s.base))
+            .body(r#"{"name":"Dora"}"#)
+            .send()
+    });
+    let mut ids = std::collections::HashSet::new();
+    for r in futures_util::future::join_all(calls).await {
+        let v: serde_json::Value = r.unwrap().json().await.unwrap();
+        ids.insert(v["communicationUserId"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "one name maps to one identity: {ids:?}");
+
+    let resp = s
+        .http
+        .get(format!("{}/identities?{API}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "MethodNotAllowed");
+    let resp = s
+        .http
+        .post(format!("{}/demo/signin", s.base))
+        .body(vec![b'x'; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    assert!(resp.json::<serde_json::Value>().await.unwrap()["error"]["message"].is_string());
+    s.running.shutdown().await;
+}

@@ -472,3 +472,77 @@ async fn client_close_is_echoed_and_auth_names_the_connection() {
     assert_eq!(code, 1000, "{reason}");
     s.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn second_revocation_in_the_same_second_covers_tokens_issued_between() {
+    let s = server().await;
+    let (id, _) = s.user().await;
+    let revoke = format!("/identities/{}/:revokeAccessTokens?{API}", percent(&id));
+    assert_eq!(s.signed("POST", &revoke, None, None).await.0, 204);
+    let between = s.token_for(&id, &["voip"]).await;
+    assert_eq!(s.signed("POST", &revoke, None, None).await.0, 204);
+    assert_eq!(
+        refused(&s, &between).await,
+        (4401, "token revoked".to_string())
+    );
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_and_limits_hold() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let s = server().await;
+    let (_, at) = s.user().await;
+    let (bob_id, _) = s.user().await;
+    let mut c = Client::authed(&s.ws_url(), &at, "A").await;
+    // Targets must be well-formed ids; calls per connection are capped.
+    for bad in ["8:acs:", "8:acs:not-a-uuid_x"] {
+        let r = c
+            .request(
+                "startCall",
+                json!({"targets": [{"communicationUserId": bad}]}),
+            )
+            .await;
+        assert_eq!(r["error"]["code"], "BadTarget", "{bad}: {r}");
+    }
+    let mut bob = Client::authed(&s.ws_url(), &s.token_for(&bob_id, &["voip"]).await, "B").await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let r = c
+            .request(
+                "startCall",
+                json!({"targets": [{"communicationUserId": bob_id}]}),
+            )
+            .await;
+        codes.push(r["error"]["code"].as_str().unwrap_or("ok").to_string());
+    }
+    assert_eq!(
+        codes,
+        ["ok", "ok", "ok", "ok", "TooManyCalls", "TooManyCalls"]
+    );
+    let call_id = c
+        .events
+        .iter()
+        .find(|v| v["type"] == "callStateChanged")
+        .unwrap()["callId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .request("offer", json!({"callId": call_id, "sdp": "hello"}))
+        .await;
+    assert_eq!(r["error"]["code"], "BadSdp");
+    assert!(
+        !r["error"]["message"].as_str().unwrap().contains("0x"),
+        "no internals in errors: {r}"
+    );
+    bob.event(T, |v| v["type"] == "incomingCall").await;
+
+    let frame = Frame::message(vec![0x7b, 0xff, 0xfe, 0x7d], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(c.closed(T).await.0, 1007);
+    s.running.shutdown().await;
+}

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod hmac;
 pub mod identity;
+pub mod listener;
 pub mod web;
 pub mod ws;
 
@@ -53,6 +54,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(web::metrics))
         .route("/demo/signin", post(web::demo_signin))
         .route("/demo/users", get(web::demo_users))
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "method not allowed on this route",
+            )
+        })
         .fallback(|| async {
             error::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::service::identity::IdentityError;
 use crate::service::unix_now;
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
@@ -84,7 +85,8 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 fn demo_allowed(s: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
-    if s.demo_for_all || peer.ip().is_loopback() {
+    // The HTTPS listener is dual-stack: 127.0.0.1 arrives as ::ffff:127.0.0.1.
+    if s.demo_for_all || peer.ip().to_canonical().is_loopback() {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -105,9 +107,10 @@ struct SignIn {
 pub async fn demo_signin(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     demo_allowed(&s, peer)?;
+    let body = body.map_err(|e| ApiError::new(e.status(), "InvalidRequestBody", e.body_text()))?;
     let req: SignIn = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("request body must be {{\"name\": string}}: {e}"))
     })?;
@@ -119,16 +122,12 @@ pub async fn demo_signin(
     }
     let now = unix_now();
     let store = s.identity.store();
-    let existing = match store
-        .demo_user(&name)
-        .await
-        .map_err(crate::service::identity::IdentityError::from)?
-    {
+    let existing = match store.demo_user(&name).await.map_err(IdentityError::from)? {
         Some(id)
             if store
                 .identity(&id)
                 .await
-                .map_err(crate::service::identity::IdentityError::from)?
+                .map_err(IdentityError::from)?
                 .is_some() =>
         {
             Some(id)
@@ -138,11 +137,15 @@ pub async fn demo_signin(
     let id = match existing {
         Some(id) => id,
         None => {
-            let id = s.identity.create_identity(now).await?;
-            store
-                .insert_demo_user(&name, &id, now)
+            // Two sign-ins with one new name may race: the first mapping wins, the loser's identity is dropped.
+            let fresh = s.identity.create_identity(now).await?;
+            let id = store
+                .claim_demo_user(&name, &fresh, now)
                 .await
-                .map_err(crate::service::identity::IdentityError::from)?;
+                .map_err(IdentityError::from)?;
+            if id != fresh {
+                s.identity.delete(&fresh).await?;
+            }
             id
         }
     };
@@ -164,7 +167,7 @@ pub async fn demo_users(
         .store()
         .demo_users()
         .await
-        .map_err(crate::service::identity::IdentityError::from)?;
+        .map_err(IdentityError::from)?;
     let online = s.hub.online().await;
     let list: Vec<_> = users
         .into_iter()

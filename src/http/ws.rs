@@ -7,12 +7,11 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::AppState;
 use crate::proto::signal::{ClientMessage, MAX_FRAME_BYTES, ServerMessage, decode_client_message};
-use crate::service::calls::{HubCommand, Outbound};
+use crate::service::calls::{HubCommand, Outbound, OutboundTx};
 use crate::service::unix_now;
 
 /// Time allowed for the `auth` frame.
@@ -21,6 +20,8 @@ pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 /// A connection silent this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// A client that does not take a frame within this time is disconnected.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close code for authentication failures.
 pub const CLOSE_AUTH: u16 = 4401;
 
@@ -38,19 +39,35 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     while reason.len() > 123 {
         reason.pop();
     }
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
-        })))
-        .await;
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }));
+    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await;
 }
 
+/// Sends a frame; false when the socket failed or the client did not take it within [`SEND_TIMEOUT`].
 async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
-    socket
-        .send(Message::Text(Utf8Bytes::from(msg.to_json())))
-        .await
-        .is_ok()
+    let frame = Message::Text(Utf8Bytes::from(msg.to_json()));
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Close code and reason for a read error: oversized frames get 1009, invalid UTF-8 1007 (RFC 6455 §7.4.1).
+fn read_error_close(e: &axum::Error) -> Option<(u16, &'static str)> {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("too big")
+    {
+        Some((1009, "frame larger than 64 KiB"))
+    } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
+        Some((1007, "text frame is not valid UTF-8"))
+    } else {
+        None
+    }
 }
 
 struct Authed {
@@ -63,7 +80,13 @@ struct Authed {
 async fn authenticate(socket: &mut WebSocket, state: &AppState, conn: u64) -> Option<Authed> {
     let first = match tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(t)))) => t,
-        Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return None,
+        Ok(Some(Ok(Message::Close(_)))) | Ok(None) => return None,
+        Ok(Some(Err(e))) => {
+            if let Some((code, reason)) = read_error_close(&e) {
+                close(socket, code, reason).await;
+            }
+            return None;
+        }
         Ok(Some(Ok(_))) => {
             close(socket, CLOSE_AUTH, "first message must be auth").await;
             return None;
@@ -128,7 +151,7 @@ async fn session(mut socket: WebSocket, state: AppState) {
     let Some(authed) = authenticate(&mut socket, &state, conn).await else {
         return;
     };
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (out_tx, mut out_rx, overflow) = OutboundTx::channel();
     state.hub.send(HubCommand::Register {
         conn,
         identity: authed.identity.clone(),
@@ -179,9 +202,8 @@ async fn session(mut socket: WebSocket, state: AppState) {
                     }
                     None => break,
                     Some(Err(e)) => {
-                        let text = e.to_string();
-                        if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big") {
-                            close(&mut socket, 1009, "frame larger than 64 KiB").await;
+                        if let Some((code, reason)) = read_error_close(&e) {
+                            close(&mut socket, code, reason).await;
                         }
                         break;
                     }
@@ -197,10 +219,15 @@ async fn session(mut socket: WebSocket, state: AppState) {
                     close(&mut socket, 1001, "heartbeat timeout").await;
                     break;
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() { break; }
+                let ping = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Default::default())));
+                if !matches!(ping.await, Ok(Ok(()))) { break; }
             }
             _ = sleep_until(expiry) => {
                 close(&mut socket, CLOSE_AUTH, "token expired").await;
+                break;
+            }
+            _ = overflow.cancelled() => {
+                close(&mut socket, 1008, "client is not reading its messages").await;
                 break;
             }
             _ = state.shutdown.cancelled() => {

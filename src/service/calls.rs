@@ -53,6 +53,43 @@ pub enum Outbound {
     },
 }
 
+/// Most messages queued for one connection; a client that reads slower than that is disconnected (1008).
+pub const OUTBOUND_QUEUE: usize = 1024;
+
+/// The hub's side of one connection's outbound queue.
+#[derive(Debug, Clone)]
+pub struct OutboundTx {
+    tx: mpsc::Sender<Outbound>,
+    overflow: tokio_util::sync::CancellationToken,
+}
+
+impl OutboundTx {
+    /// A bounded queue of [`OUTBOUND_QUEUE`] messages; the token is cancelled when it overflows.
+    pub fn channel() -> (
+        OutboundTx,
+        mpsc::Receiver<Outbound>,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let overflow = tokio_util::sync::CancellationToken::new();
+        (
+            OutboundTx {
+                tx,
+                overflow: overflow.clone(),
+            },
+            rx,
+            overflow,
+        )
+    }
+
+    /// Queues without waiting; on overflow the connection is marked for closing and the message dropped.
+    pub fn send(&self, msg: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(msg) {
+            self.overflow.cancel();
+        }
+    }
+}
+
 /// Media-plane notifications the hub reacts to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaNotice {
@@ -70,7 +107,7 @@ pub enum HubCommand {
         conn: ConnId,
         identity: String,
         display_name: Option<String>,
-        out: mpsc::UnboundedSender<Outbound>,
+        out: OutboundTx,
     },
     /// The connection closed.
     Unregister { conn: ConnId },
@@ -164,7 +201,7 @@ impl Hub {
 struct Conn {
     identity: String,
     display_name: Option<String>,
-    out: mpsc::UnboundedSender<Outbound>,
+    out: OutboundTx,
 }
 
 #[derive(Debug, Clone)]
@@ -277,7 +314,7 @@ impl HubState {
             } => {
                 for c in self.by_identity.get(&identity).into_iter().flatten() {
                     if let Some(conn) = self.conns.get(c) {
-                        let _ = conn.out.send(Outbound::Close {
+                        conn.out.send(Outbound::Close {
                             code,
                             reason: reason.clone(),
                         });
@@ -323,7 +360,7 @@ impl HubState {
                 }
                 let msg = match result {
                     Ok(sdp) => ServerMessage::ok(id, json!({ "type": "answer", "sdp": sdp })),
-                    Err(e) => ServerMessage::fail(id, "BadSdp", e),
+                    Err(e) => ServerMessage::fail(id, "BadSdp", sanitize_sdp_error(&e)),
                 };
                 self.send(conn, msg);
             }
@@ -332,7 +369,7 @@ impl HubState {
 
     fn send(&self, conn: ConnId, msg: ServerMessage) {
         if let Some(c) = self.conns.get(&conn) {
-            let _ = c.out.send(Outbound::Message(msg));
+            c.out.send(Outbound::Message(msg));
         }
     }
 
@@ -363,6 +400,14 @@ impl HubState {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// Calls the connection is a leg of or is ringing out from.
+    fn calls_of(&self, conn: ConnId) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.leg_of(conn).is_some())
+            .count()
     }
 
     fn new_participant(&mut self) -> MediaParticipant {
@@ -427,13 +472,23 @@ impl HubState {
             );
         };
         let callee = target.communication_user_id.clone();
-        if !callee.starts_with("8:acs:") {
+        if !is_communication_user_id(&callee) {
             return self.send(
                 conn,
                 ServerMessage::fail(
                     id,
                     "BadTarget",
-                    "target is not a communication user id (8:acs:...)",
+                    "target is not a communication user id (8:acs:{resourceId}_{uuid})",
+                ),
+            );
+        }
+        if self.calls_of(conn) >= MAX_CALLS_PER_CONNECTION {
+            return self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "TooManyCalls",
+                    format!("a connection may take part in at most {MAX_CALLS_PER_CONNECTION} calls at once"),
                 ),
             );
         }
@@ -602,6 +657,17 @@ impl HubState {
             );
         };
         let participant = leg.participant;
+        let m_lines = sdp.lines().filter(|l| l.starts_with("m=")).count();
+        if m_lines > MAX_M_LINES {
+            return self.send(
+                conn,
+                ServerMessage::fail(
+                    id,
+                    "BadSdp",
+                    format!("an offer may have at most {MAX_M_LINES} m-lines, got {m_lines}"),
+                ),
+            );
+        }
         let fut = self.media.offer(call_id.clone(), participant, sdp);
         let Some(tx) = self.tx.upgrade() else { return };
         tokio::spawn(async move {
@@ -789,6 +855,37 @@ impl HubState {
                 }
             }
         }
+    }
+}
+
+/// Calls (ringing or connected) one connection may take part in at once.
+pub const MAX_CALLS_PER_CONNECTION: usize = 4;
+
+/// Most m-lines accepted in one client offer.
+pub const MAX_M_LINES: usize = 16;
+
+/// `8:acs:{resourceId}_{uuid}` with UUIDs in the usual 8-4-4-4-12 form.
+pub fn is_communication_user_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("8:acs:") else {
+        return false;
+    };
+    let Some((resource, user)) = rest.split_once('_') else {
+        return false;
+    };
+    is_uuid(resource) && is_uuid(user)
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// Parser errors from the SDP library can carry internals (buffer addresses): keep the first line, minus them.
+fn sanitize_sdp_error(e: &str) -> String {
+    let first = e.lines().next().unwrap_or("");
+    if first.contains("PointerOffset") || first.contains("Parse error") {
+        "the SDP could not be parsed".to_string()
+    } else {
+        first.chars().take(200).collect()
     }
 }
 

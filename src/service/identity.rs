@@ -156,7 +156,7 @@ impl IdentityService {
         let iat = row.revoked_at.map_or(now, |r| now.max(r + 1));
         let claims = Claims {
             sub: id.to_string(),
-            scp: scopes.to_vec(),
+            scp: dedup(scopes),
             resource_id: self.inner.resource_id.clone(),
             iat,
             exp: now + minutes * 60,
@@ -251,6 +251,17 @@ pub fn validate_token_request(
         return Err(IdentityError::BadExpiry(minutes));
     }
     Ok(minutes)
+}
+
+/// Scopes in their first order, each once.
+fn dedup(scopes: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    for s in scopes {
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out
 }
 
 fn verifying_key(k: &StoredSigningKey) -> Result<VerifyingKey, TokenError> {

@@ -191,8 +191,11 @@ impl Store {
     }
 
     /// Sets the revocation time; returns false when the identity does not exist.
+    ///
+    /// The revocation time only moves forward and always past the previous one: tokens issued after a revocation
+    /// carry `iat = revoked_at + 1` at least, so a second revocation in the same second must cover them too.
     pub async fn revoke_identity(&self, id: &str, at: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE identities SET revoked_at = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE identities SET revoked_at = MAX(?1, COALESCE(revoked_at + 1, ?1)) WHERE id = ?2")
             .bind(at)
             .bind(id)
             .execute(&self.pool)
@@ -224,22 +227,33 @@ impl Store {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Maps a demo name to an identity.
-    pub async fn insert_demo_user(
+    /// Maps a demo name to `identity` unless it is mapped to a live identity already; returns the identity the
+    /// name maps to afterwards (atomic, so concurrent sign-ins agree).
+    pub async fn claim_demo_user(
         &self,
         name: &str,
         identity: &str,
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<String, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM demo_users WHERE name = ?1 AND identity_id NOT IN (SELECT id FROM identities)")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
-            "INSERT OR REPLACE INTO demo_users (name, identity_id, created_at) VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO demo_users (name, identity_id, created_at) VALUES (?, ?, ?)",
         )
         .bind(name)
         .bind(identity)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        let row = sqlx::query("SELECT identity_id FROM demo_users WHERE name = ?")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row.get(0))
     }
 
     /// All demo names with their identities, by name.
