@@ -2,7 +2,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -13,14 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::http::{AppState, router};
-use crate::media::{MediaConfig, MediaHandle};
+use crate::media::{MediaConfig, MediaError, MediaHandle};
+use crate::proto::signal::TrackSpec;
 use crate::service::calls::{
-    Hub, HubCommand, HubConfig, MediaNotice, MediaParticipant, MediaPlane,
+    Hub, HubCommand, HubConfig, MediaFailure, MediaFuture, MediaNotice, MediaParticipant,
+    MediaPlane, MediaTrack,
 };
 use crate::service::deployment;
 use crate::service::identity::IdentityService;
 use crate::service::store::Store;
-use crate::sfu::{ParticipantId, SfuEvent};
+use crate::sfu::{ParticipantId, SfuError, SfuEvent, TrackSource};
 
 /// A client must send a request's headers within this time of connecting (or of its previous request), so idle
 /// and slow-header connections (slowloris) are closed.
@@ -88,18 +89,43 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 struct MediaAdapter(MediaHandle);
 
+fn media_failure(e: MediaError) -> MediaFailure {
+    match e {
+        MediaError::Sfu(SfuError::Glare) => MediaFailure::Glare,
+        MediaError::Sfu(SfuError::NoPendingOffer) => MediaFailure::NoPendingOffer,
+        MediaError::Sfu(SfuError::BadSdp(why)) => MediaFailure::BadSdp(why),
+        other => MediaFailure::Unavailable(other.to_string()),
+    }
+}
+
 impl MediaPlane for MediaAdapter {
     fn offer(
         &self,
         call_id: String,
         participant: MediaParticipant,
+        label: String,
         sdp: String,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+        tracks: Vec<TrackSpec>,
+    ) -> MediaFuture<String> {
+        let h = self.0.clone();
+        // The decoder admits only known source names, so parsing cannot fail here; unknown ones are skipped.
+        let sources = tracks
+            .into_iter()
+            .filter_map(|t| Some((t.mid, t.source.parse::<TrackSource>().ok()?)))
+            .collect();
+        Box::pin(async move {
+            h.offer(call_id, ParticipantId(participant), label, sdp, sources)
+                .await
+                .map_err(media_failure)
+        })
+    }
+
+    fn answer(&self, participant: MediaParticipant, sdp: String) -> MediaFuture<()> {
         let h = self.0.clone();
         Box::pin(async move {
-            h.offer(call_id, ParticipantId(participant), sdp)
+            h.answer(ParticipantId(participant), sdp)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(media_failure)
         })
     }
 
@@ -109,6 +135,55 @@ impl MediaPlane for MediaAdapter {
 
     fn remove(&self, participant: MediaParticipant) {
         self.0.remove(ParticipantId(participant));
+    }
+}
+
+/// Translates the SFU's events into the hub's vocabulary.
+fn media_notice(ev: SfuEvent) -> MediaNotice {
+    match ev {
+        SfuEvent::Connected { participant } => MediaNotice::Connected(participant.0),
+        SfuEvent::Disconnected {
+            participant,
+            reason,
+        } => MediaNotice::Disconnected(participant.0, reason),
+        SfuEvent::Offer {
+            participant,
+            sdp,
+            tracks,
+        } => MediaNotice::Offer {
+            participant: participant.0,
+            sdp,
+            tracks: tracks
+                .into_iter()
+                .map(|t| MediaTrack {
+                    mid: t.mid,
+                    publisher: t.publisher.0,
+                    source: t.source.as_str().to_string(),
+                })
+                .collect(),
+        },
+        SfuEvent::DominantSpeakers { room, speakers } => MediaNotice::DominantSpeakers {
+            call_id: room,
+            speakers: speakers.into_iter().map(|p| p.0).collect(),
+        },
+        SfuEvent::Speaking {
+            participant,
+            speaking,
+        } => MediaNotice::Speaking {
+            participant: participant.0,
+            speaking,
+        },
+        SfuEvent::CodecUnsupported {
+            subscriber,
+            publisher,
+            source,
+            codec,
+        } => MediaNotice::CodecUnsupported {
+            subscriber: subscriber.0,
+            publisher: publisher.0,
+            source: source.as_str().to_string(),
+            codec,
+        },
     }
 }
 
@@ -164,14 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let hub_for_media = hub.clone();
     let media_events = tokio::spawn(async move {
         while let Some(ev) = media_rx.recv().await {
-            let notice = match ev {
-                SfuEvent::Connected { participant } => MediaNotice::Connected(participant.0),
-                SfuEvent::Disconnected {
-                    participant,
-                    reason,
-                } => MediaNotice::Disconnected(participant.0, reason),
-            };
-            hub_for_media.send(HubCommand::Media(notice));
+            hub_for_media.send(HubCommand::Media(media_notice(ev)));
         }
     });
 

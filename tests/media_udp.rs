@@ -1,16 +1,19 @@
 //! The media IO shell on real UDP sockets: `media::start` on every interface (port 0), two str0m
-//! clients on `127.0.0.1` sockets, a 1:1 call through it.
+//! clients on `127.0.0.1` sockets, a 1:1 call through it (a room of two: each client offers its own
+//! sendonly m-lines and answers the server's offer carrying the other's tracks).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use str0m::change::SdpAnswer;
+use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use switchboard::media::{self, MediaConfig, MediaError};
-use switchboard::sfu::{ParticipantId, SfuError, SfuEvent, install_crypto_provider};
+use switchboard::sfu::{
+    OutTrack, ParticipantId, SfuError, SfuEvent, TrackSource, install_crypto_provider,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +25,8 @@ struct UdpClient {
     audio: Mid,
     video: Mid,
     events: Vec<Event>,
+    /// Server m-lines announced by the server's offers.
+    tracks: Vec<OutTrack>,
 }
 
 impl UdpClient {
@@ -31,8 +36,8 @@ impl UdpClient {
         let mut rtc = Rtc::new(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").expect("candidate"));
         let mut change = rtc.sdp_api();
-        let audio = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-        let video = change.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+        let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
         let (offer, pending) = change.apply().expect("offer");
         let client = UdpClient {
             rtc,
@@ -41,6 +46,7 @@ impl UdpClient {
             audio,
             video,
             events: Vec::new(),
+            tracks: Vec::new(),
         };
         (client, offer.to_sdp_string(), pending)
     }
@@ -89,11 +95,15 @@ impl UdpClient {
             .expect("write");
     }
 
-    fn received(&self, mid: Mid) -> Vec<Vec<u8>> {
+    /// Frames received on the server m-line carrying `source`.
+    fn received(&self, source: TrackSource) -> Vec<Vec<u8>> {
+        let Some(track) = self.tracks.iter().find(|t| t.source == source) else {
+            return Vec::new();
+        };
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::MediaData(d) if d.mid == mid => Some(d.data.to_vec()),
+                Event::MediaData(d) if d.mid.to_string() == track.mid => Some(d.data.to_vec()),
                 _ => None,
             })
             .collect()
@@ -166,7 +176,13 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
     for id in [1, 2] {
         let (mut client, offer, pending) = UdpClient::new().await;
         let answer = handle
-            .offer("udp-room".to_string(), ParticipantId(id), offer)
+            .offer(
+                "udp-room".to_string(),
+                ParticipantId(id),
+                format!("user-{id}"),
+                offer,
+                Vec::new(),
+            )
             .await
             .expect("answer");
         assert!(
@@ -184,12 +200,35 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
 
     let mut connected = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while connected.len() < 2 || !clients.iter().all(|c| c.rtc.is_connected()) {
+    while connected.len() < 2
+        || !clients
+            .iter()
+            .all(|c| c.rtc.is_connected() && c.tracks.len() == 2)
+    {
         assert!(Instant::now() < deadline, "not connected: {connected:?}");
         pump_all(&mut clients, Duration::from_millis(20)).await;
         while let Ok(event) = events.try_recv() {
-            if let SfuEvent::Connected { participant } = event {
-                connected.push(participant);
+            match event {
+                SfuEvent::Connected { participant } => connected.push(participant),
+                SfuEvent::Offer {
+                    participant,
+                    sdp,
+                    tracks,
+                } => {
+                    let client = &mut clients[participant.0 as usize - 1];
+                    let offer = SdpOffer::from_sdp_string(&sdp).expect("server offer parses");
+                    let answer = client
+                        .rtc
+                        .sdp_api()
+                        .accept_offer(offer)
+                        .expect("server offer accepted");
+                    handle
+                        .answer(participant, answer.to_sdp_string())
+                        .await
+                        .expect("answer accepted");
+                    client.tracks = tracks;
+                }
+                _ => {}
             }
         }
     }
@@ -217,8 +256,13 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
 
     for (i, c) in clients.iter().enumerate() {
         let from = 1 - i as u8;
-        let audio = c.received(c.audio);
-        let video = c.received(c.video);
+        assert!(
+            c.tracks
+                .iter()
+                .all(|t| t.publisher == ParticipantId(u64::from(from) + 1))
+        );
+        let audio = c.received(TrackSource::Audio);
+        let video = c.received(TrackSource::Camera);
         assert!(
             audio.len() >= 30,
             "client {i}: {} audio frames",
@@ -235,10 +279,24 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
 
     // Errors come back through the handle.
     let err = handle
-        .offer("other".to_string(), ParticipantId(1), "v=0".to_string())
+        .offer(
+            "other".to_string(),
+            ParticipantId(9),
+            "user-9".to_string(),
+            "v=0".to_string(),
+            Vec::new(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, MediaError::Sfu(SfuError::BadSdp(_))), "{err}");
+    let err = handle
+        .answer(ParticipantId(1), "v=0".to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MediaError::Sfu(SfuError::NoPendingOffer)),
+        "{err}"
+    );
 
     handle.remove(ParticipantId(1));
     handle.remove(ParticipantId(2));
@@ -249,7 +307,13 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
         .expect("worker stops on shutdown")
         .expect("worker did not panic");
     let err = handle
-        .offer("udp-room".to_string(), ParticipantId(3), "v=0".to_string())
+        .offer(
+            "udp-room".to_string(),
+            ParticipantId(3),
+            "user-3".to_string(),
+            "v=0".to_string(),
+            Vec::new(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, MediaError::Stopped), "{err}");

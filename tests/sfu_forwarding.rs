@@ -1,18 +1,21 @@
 //! The sans-IO SFU with real str0m peers over an in-memory network and a virtual clock: no sockets,
 //! no sleeps. Datagrams are delivered by address; when none is in flight, time jumps to the earliest
-//! timeout of any party.
+//! timeout of any party. Clients offer only their own `sendonly` m-lines; the SFU's offers
+//! (`SfuEvent::Offer`) add the other members' tracks and are answered by the clients (automatically
+//! unless a test holds them back).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use switchboard::sfu::{
-    CONNECT_TIMEOUT, ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent, install_crypto_provider,
+    CONNECT_TIMEOUT, KEYFRAME_REQUEST_INTERVAL, OutTrack, ParticipantId, Sfu, SfuConfig, SfuError,
+    SfuEvent, TrackSource, install_crypto_provider,
 };
 
 const ROOM: &str = "room-1";
@@ -25,20 +28,25 @@ fn sfu_addr() -> SocketAddr {
     addr("10.0.0.1:4000")
 }
 
+fn label(id: ParticipantId) -> String {
+    format!("user-{}", id.0)
+}
+
 struct Datagram {
     source: SocketAddr,
     destination: SocketAddr,
     contents: Vec<u8>,
 }
 
-/// A browser stand-in: a full (non-lite) str0m peer with one sendrecv audio and one sendrecv video
-/// m-line.
+/// A browser stand-in: a full (non-lite) str0m peer offering one sendonly audio and one sendonly
+/// video m-line of its own.
 struct Client {
     id: ParticipantId,
     addr: SocketAddr,
     rtc: Rtc,
     audio: Mid,
     video: Mid,
+    /// Its own outstanding offer.
     pending: Option<SdpPendingOffer>,
     offer: String,
     events: Vec<Event>,
@@ -47,17 +55,32 @@ struct Client {
     sent: Vec<Vec<u8>>,
     /// Unplugged clients neither send nor receive.
     plugged: bool,
+    /// Answer server offers as they come (else they wait in `inbox`).
+    auto_answer: bool,
+    inbox: VecDeque<(String, Vec<OutTrack>)>,
+    /// The `tracks` of every server offer answered, in order.
+    offers: Vec<Vec<OutTrack>>,
+    /// Every server m-line ever announced, by mid.
+    track_of: HashMap<String, OutTrack>,
+    /// Audio level (-dBov) put on written audio frames, if any.
+    level: Option<u8>,
 }
 
 impl Client {
-    fn new(id: u64, address: &str, now: Instant, codecs: fn(RtcConfig) -> RtcConfig) -> Client {
+    fn new(
+        id: u64,
+        address: &str,
+        now: Instant,
+        codecs: fn(RtcConfig) -> RtcConfig,
+        direction: Direction,
+    ) -> Client {
         let address = addr(address);
         let mut rtc = codecs(Rtc::builder()).build(now);
         let host = Candidate::host(address, "udp").expect("host candidate");
         rtc.add_local_candidate(host);
         let mut change = rtc.sdp_api();
-        let audio = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-        let video = change.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+        let audio = change.add_media(MediaKind::Audio, direction, None, None, None);
+        let video = change.add_media(MediaKind::Video, direction, None, None, None);
         let (offer, pending) = change.apply().expect("offer");
         Client {
             id: ParticipantId(id),
@@ -71,6 +94,11 @@ impl Client {
             timeout: None,
             sent: Vec::new(),
             plugged: true,
+            auto_answer: true,
+            inbox: VecDeque::new(),
+            offers: Vec::new(),
+            track_of: HashMap::new(),
+            level: None,
         }
     }
 
@@ -98,6 +126,32 @@ impl Client {
             .expect("answer accepted");
     }
 
+    /// Accepts a server offer (rolling back an own offer, as a polite peer does) and returns the
+    /// answer.
+    fn answer_server_offer(&mut self, sdp: &str, tracks: Vec<OutTrack>) -> String {
+        self.pending = None;
+        let offer = SdpOffer::from_sdp_string(sdp).expect("server offer parses");
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .expect("server offer accepted");
+        for t in &tracks {
+            self.track_of.insert(t.mid.clone(), t.clone());
+        }
+        self.offers.push(tracks);
+        answer.to_sdp_string()
+    }
+
+    /// The latest server m-line for `publisher`'s `source` track.
+    fn mid_for(&self, publisher: ParticipantId, source: TrackSource) -> Option<Mid> {
+        let tracks = self.offers.last()?;
+        tracks
+            .iter()
+            .find(|t| t.publisher == publisher && t.source == source)
+            .map(|t| Mid::from(t.mid.as_str()))
+    }
+
     /// Writes one frame on `mid` with the first negotiated payload type of `codec`.
     fn write(
         &mut self,
@@ -107,12 +161,16 @@ impl Client {
         now: Instant,
         data: Vec<u8>,
     ) {
-        let writer = self.rtc.writer(mid).expect("writer");
+        let level = self.level;
+        let mut writer = self.rtc.writer(mid).expect("writer");
         let pt = writer
             .payload_params()
             .find(|p| p.spec().codec == codec)
             .unwrap_or_else(|| panic!("{codec:?} negotiated"))
             .pt();
+        if let (Some(level), Codec::Opus) = (level, codec) {
+            writer = writer.audio_level(-(level as i8), level < 127);
+        }
         writer
             .write(pt, now, MediaTime::from(since_start), data)
             .expect("write");
@@ -124,6 +182,22 @@ impl Client {
             .filter_map(|e| match e {
                 Event::MediaData(d) if d.mid == mid => Some(d),
                 _ => None,
+            })
+            .collect()
+    }
+
+    /// Frames received on m-lines announced for `publisher`'s `source` track.
+    fn media_from(&self, publisher: ParticipantId, source: TrackSource) -> Vec<&MediaData> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::MediaData(d) => Some(d),
+                _ => None,
+            })
+            .filter(|d| {
+                self.track_of
+                    .get(&d.mid.to_string())
+                    .is_some_and(|t| t.publisher == publisher && t.source == source)
             })
             .collect()
     }
@@ -190,7 +264,7 @@ impl Net {
     }
 
     fn add_client(&mut self, id: u64, address: &str, codecs: fn(RtcConfig) -> RtcConfig) -> usize {
-        let client = Client::new(id, address, self.now, codecs);
+        let client = Client::new(id, address, self.now, codecs, Direction::SendOnly);
         self.clients.push(client);
         self.clients.len() - 1
     }
@@ -199,14 +273,64 @@ impl Net {
         let id = self.clients[client].id;
         let answer = self
             .sfu
-            .handle_offer(self.now, ROOM, id, offer)
+            .handle_offer(self.now, ROOM, id, &label(id), offer, &[])
             .expect("offer answered");
         assert!(answer.contains("a=ice-lite"), "the SFU answers as ICE-lite");
         assert!(
             answer.contains("10.0.0.1 4000 typ host"),
             "answer carries the host candidate"
         );
+        assert!(
+            answer.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+            "the answer keeps the audio-level extension"
+        );
         self.clients[client].accept_answer(&answer);
+    }
+
+    /// Adds a client and joins with its full offer.
+    fn add_and_join(
+        &mut self,
+        id: u64,
+        address: &str,
+        codecs: fn(RtcConfig) -> RtcConfig,
+    ) -> usize {
+        let c = self.add_client(id, address, codecs);
+        let offer = self.clients[c].offer.clone();
+        self.join(c, &offer);
+        c
+    }
+
+    /// The client's re-offer of `change`'s result, with `sources`; returns the SFU's verdict.
+    fn reoffer(
+        &mut self,
+        client: usize,
+        sources: &[(String, TrackSource)],
+    ) -> Result<(), SfuError> {
+        let id = self.clients[client].id;
+        let offer = self.clients[client].offer.clone();
+        let answer = self
+            .sfu
+            .handle_offer(self.now, ROOM, id, &label(id), &offer, sources)?;
+        self.clients[client].accept_answer(&answer);
+        Ok(())
+    }
+
+    fn client(&self, id: ParticipantId) -> usize {
+        self.clients
+            .iter()
+            .position(|c| c.id == id)
+            .expect("known client")
+    }
+
+    /// Answers the server offers waiting at `client`.
+    fn answer_inbox(&mut self, client: usize) {
+        while let Some((sdp, tracks)) = self.clients[client].inbox.pop_front() {
+            let answer = self.clients[client].answer_server_offer(&sdp, tracks);
+            let id = self.clients[client].id;
+            self.sfu
+                .handle_answer(self.now, id, &answer)
+                .expect("answer to the server offer accepted");
+        }
     }
 
     /// One step: drain everyone, deliver what is in flight, or else advance time.
@@ -245,7 +369,22 @@ impl Net {
             });
         }
         while let Some(e) = self.sfu.poll_event() {
+            if let SfuEvent::Offer {
+                participant,
+                sdp,
+                tracks,
+            } = &e
+                && let Some(c) = self.clients.iter_mut().find(|c| c.id == *participant)
+            {
+                c.inbox.push_back((sdp.clone(), tracks.clone()));
+            }
             self.sfu_events.push(e);
+        }
+        for i in 0..self.clients.len() {
+            if self.clients[i].auto_answer && !self.clients[i].inbox.is_empty() {
+                self.answer_inbox(i);
+                return;
+            }
         }
 
         if !self.in_flight.is_empty() {
@@ -332,9 +471,12 @@ impl Net {
     fn connect_all(&mut self) {
         let n = self.clients.len();
         self.run_until(Duration::from_secs(10), "connections", |net| {
-            (0..n).all(|i| net.sfu_connected(i) && net.clients[i].rtc.is_connected())
+            (0..n).all(|i| {
+                !net.clients[i].plugged
+                    || (net.sfu_connected(i) && net.clients[i].rtc.is_connected())
+            })
         });
-        // Let DTLS settle on the SFU side too.
+        // Let DTLS settle on the SFU side too, and the server offers be answered.
         self.run_for(Duration::from_millis(200));
     }
 
@@ -357,6 +499,21 @@ impl Net {
             }
         }
         self.run_for(Duration::from_millis(20));
+    }
+
+    /// Server offers made to `id`, in order.
+    fn offers_to(&self, id: ParticipantId) -> Vec<&Vec<OutTrack>> {
+        self.sfu_events
+            .iter()
+            .filter_map(|e| match e {
+                SfuEvent::Offer {
+                    participant,
+                    tracks,
+                    ..
+                } if *participant == id => Some(tracks),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -391,8 +548,12 @@ fn payloads(data: &[&MediaData]) -> Vec<Vec<u8>> {
     data.iter().map(|d| d.data.to_vec()).collect()
 }
 
-/// Two clients, A announcing its address by trickle before its offer and B only through its
-/// connectivity checks (peer-reflexive, like a browser with mDNS-only candidates).
+fn vp8_only(c: RtcConfig) -> RtcConfig {
+    c.clear_codecs().enable_opus(true, false).enable_vp8(true)
+}
+
+/// Two clients, A announcing its address by trickle before its offer (C036) and B only through
+/// its connectivity checks (peer-reflexive, like a browser with mDNS-only candidates).
 fn two_clients(codecs: fn(RtcConfig) -> RtcConfig) -> (Net, usize, usize) {
     let mut net = Net::new();
     let a = net.add_client(1, "10.0.0.2:5000", codecs);
@@ -416,50 +577,109 @@ fn two_clients(codecs: fn(RtcConfig) -> RtcConfig) -> (Net, usize, usize) {
     (net, a, b)
 }
 
+/// Checks that `to` received `from`'s audio and video on the m-lines announced for them.
+fn assert_receives(
+    net: &Net,
+    to: usize,
+    from: usize,
+    ticks: u8,
+    video_frame: fn(u64, u8) -> Vec<u8>,
+) {
+    let from_id = net.clients[from].id;
+    let client = &net.clients[to];
+    let audio = payloads(&client.media_from(from_id, TrackSource::Audio));
+    let video = payloads(&client.media_from(from_id, TrackSource::Camera));
+    let sent_audio: Vec<_> = (0..ticks).map(|t| audio_frame(from_id.0, t)).collect();
+    let sent_video: Vec<_> = (0..ticks)
+        .step_by(2)
+        .map(|t| video_frame(from_id.0, t))
+        .collect();
+    let min_audio = usize::from(ticks) * 4 / 5;
+    assert!(
+        audio.len() >= min_audio,
+        "client {to} from {from}: {} audio frames",
+        audio.len()
+    );
+    assert!(
+        video.len() >= min_audio / 2,
+        "client {to} from {from}: {} video frames",
+        video.len()
+    );
+    assert!(
+        audio.iter().all(|p| sent_audio.contains(p)),
+        "audio payloads are {from}'s"
+    );
+    assert!(
+        video.iter().all(|p| sent_video.contains(p)),
+        "video payloads are {from}'s"
+    );
+}
+
 #[test]
 fn one_to_one_call_forwards_audio_and_video_both_ways() {
     let (mut net, a, b) = two_clients(default_codecs);
+    for (me, other) in [(a, b), (b, a)] {
+        let other_id = net.clients[other].id;
+        let offers = net.offers_to(net.clients[me].id);
+        assert_eq!(offers.len(), 1, "one server offer each");
+        let mut sources: Vec<_> = offers[0].iter().map(|t| (t.publisher, t.source)).collect();
+        sources.sort_by_key(|(_, s)| s.as_str());
+        assert_eq!(
+            sources,
+            [
+                (other_id, TrackSource::Audio),
+                (other_id, TrackSource::Camera)
+            ]
+        );
+    }
     for tick in 0..50 {
         net.talk(tick, Codec::Vp8, vp8_frame);
     }
     net.run_for(Duration::from_millis(200));
 
     for (to, from) in [(b, a), (a, b)] {
-        let from_id = net.clients[from].id.0;
+        assert_receives(&net, to, from, 50, vp8_frame);
         let client = &net.clients[to];
-        let audio = payloads(&client.media(client.audio));
-        let video = payloads(&client.media(client.video));
-        let sent_audio: Vec<_> = (0..50).map(|t| audio_frame(from_id, t)).collect();
-        let sent_video: Vec<_> = (0..50).step_by(2).map(|t| vp8_frame(from_id, t)).collect();
+        let from_id = net.clients[from].id;
         assert!(
-            audio.len() >= 40,
-            "client {to}: {} audio frames",
-            audio.len()
+            client
+                .media_from(from_id, TrackSource::Camera)
+                .iter()
+                .all(|d| d.params.spec().codec == Codec::Vp8)
         );
-        assert!(
-            video.len() >= 20,
-            "client {to}: {} video frames",
-            video.len()
-        );
-        assert!(
-            audio.iter().all(|p| sent_audio.contains(p)),
-            "audio payloads intact"
-        );
-        assert!(
-            video.iter().all(|p| sent_video.contains(p)),
-            "video payloads intact"
-        );
-        let codecs: Vec<Codec> = client
-            .media(client.video)
-            .iter()
-            .map(|d| d.params.spec().codec)
-            .collect();
-        assert!(codecs.iter().all(|c| *c == Codec::Vp8));
+        // Nothing arrives on the client's own sendonly m-lines.
+        assert!(client.media(client.audio).is_empty());
+        assert!(client.media(client.video).is_empty());
     }
     let stats = net.sfu.stats();
     assert!(stats.frames_forwarded >= 140, "{stats:?}");
+    assert_eq!(stats.renegotiations, 2);
     assert!(stats.packets_in > 0 && stats.bytes_in > stats.packets_in);
     assert!(stats.packets_out > 0 && stats.bytes_out > stats.packets_out);
+    assert_eq!(net.sfu.track_count(), 4);
+    assert_eq!(net.sfu.subscription_count(), 4);
+}
+
+#[test]
+fn sendrecv_offers_are_taken_as_sendonly() {
+    let mut net = Net::new();
+    for (id, address) in [(1, "10.0.0.2:5000"), (2, "10.0.0.3:5000")] {
+        let client = Client::new(id, address, net.now, default_codecs, Direction::SendRecv);
+        net.clients.push(client);
+        let c = net.clients.len() - 1;
+        let offer = net.clients[c].offer.clone();
+        net.join(c, &offer);
+    }
+    net.connect_all();
+    for tick in 0..30 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    net.run_for(Duration::from_millis(200));
+    assert_receives(&net, 0, 1, 30, vp8_frame);
+    assert_receives(&net, 1, 0, 30, vp8_frame);
+    for c in &net.clients {
+        assert!(c.media(c.audio).is_empty() && c.media(c.video).is_empty());
+    }
 }
 
 #[test]
@@ -468,13 +688,15 @@ fn keyframe_request_from_subscriber_reaches_publisher() {
     for tick in 0..50 {
         net.talk(tick, Codec::Vp8, vp8_frame);
     }
-    assert!(!net.clients[b].media(net.clients[b].video).is_empty());
+    let video_b = net.clients[b]
+        .mid_for(ParticipantId(1), TrackSource::Camera)
+        .expect("B has an m-line for A's camera");
+    assert!(!net.clients[b].media(video_b).is_empty());
     // More than the throttle interval without any request.
     net.run_for(Duration::from_millis(600));
     net.clients[a].events.clear();
     let before = net.sfu.stats().keyframe_requests_forwarded;
 
-    let video_b = net.clients[b].video;
     net.clients[b]
         .rtc
         .writer(video_b)
@@ -508,7 +730,7 @@ fn lost_video_makes_the_sfu_request_a_keyframe_upstream() {
     net.run_for(Duration::from_millis(600));
     let video_a = net.clients[a].video;
     net.clients[a].events.clear();
-    assert_eq!(net.sfu.stats().keyframe_requests_generated, 0);
+    let generated = net.sfu.stats().keyframe_requests_generated;
 
     let vp8 = net.clients[a]
         .rtc
@@ -534,14 +756,13 @@ fn lost_video_makes_the_sfu_request_a_keyframe_upstream() {
         net.talk(tick, Codec::Vp8, vp8_frame);
     }
     assert!(
-        net.sfu.stats().keyframe_requests_generated >= 1,
+        net.sfu.stats().keyframe_requests_generated > generated,
         "{:?}",
         net.sfu.stats()
     );
     assert!(net.clients[a].keyframe_requests(video_a) >= 1);
     // B still gets the frames after the gap.
-    let video_b = net.clients[b].video;
-    let late = payloads(&net.clients[b].media(video_b));
+    let late = payloads(&net.clients[b].media_from(ParticipantId(1), TrackSource::Camera));
     assert!(late.contains(&vp8_frame(1, 58)));
 }
 
@@ -561,9 +782,9 @@ fn h264_only_offers_forward_h264() {
     }
     net.run_for(Duration::from_millis(200));
     for (to, from) in [(b, a), (a, b)] {
-        let from_id = net.clients[from].id.0;
+        let from_id = net.clients[from].id;
         let client = &net.clients[to];
-        let video = client.media(client.video);
+        let video = client.media_from(from_id, TrackSource::Camera);
         assert!(
             video.len() >= 10,
             "client {to}: {} H.264 frames",
@@ -571,15 +792,20 @@ fn h264_only_offers_forward_h264() {
         );
         for frame in &video {
             assert_eq!(frame.params.spec().codec, Codec::H264);
-            let expected = h264_frame(from_id, frame.data[8]);
+            let expected = h264_frame(from_id.0, frame.data[8]);
             assert!(
                 frame.data.ends_with(&expected[4..]),
                 "NAL unit intact: {:?}",
                 &frame.data[..12.min(frame.data.len())]
             );
         }
-        assert!(client.media(client.audio).len() >= 20);
+        assert!(client.media_from(from_id, TrackSource::Audio).len() >= 20);
     }
+    assert!(
+        !net.sfu_events
+            .iter()
+            .any(|e| matches!(e, SfuEvent::CodecUnsupported { .. }))
+    );
 }
 
 #[test]
@@ -601,6 +827,7 @@ fn removed_participant_is_freed_and_its_datagrams_refused() {
     assert_eq!(net.sfu.participant_count(), 1);
     assert_eq!(net.sfu.room_count(), 1);
     assert_eq!(net.sfu.room_of(ParticipantId(2)), Some(ROOM));
+    assert_eq!(net.sfu.track_count(), 2);
     assert!(!net.sfu.handle_receive(net.now, a_addr, sfu_addr(), &replay));
     // Also every datagram A sent during the call, STUN included.
     let sent = net.clients[a].sent.clone();
@@ -609,15 +836,28 @@ fn removed_participant_is_freed_and_its_datagrams_refused() {
             .all(|d| !net.sfu.handle_receive(net.now, a_addr, sfu_addr(), d))
     );
 
-    // B's call goes on (nobody to forward to), and A's timers no longer run.
+    // B's call goes on: it gets an offer stopping A's tracks, and A's timers no longer run.
     net.clients[a].plugged = false;
+    let mids: Vec<Mid> = [TrackSource::Audio, TrackSource::Camera]
+        .iter()
+        .map(|s| net.clients[b].mid_for(ParticipantId(1), *s).expect("mid"))
+        .collect();
     net.run_for(Duration::from_millis(500));
     assert_eq!(net.sfu.participant_count(), 1);
+    let offers = net.offers_to(ParticipantId(2));
+    assert_eq!(offers.len(), 2);
+    assert!(offers[1].is_empty(), "A's tracks are gone: {:?}", offers[1]);
+    for mid in mids {
+        let media = net.clients[b].rtc.media(mid).expect("m-line");
+        assert!(media.disabled(), "m-line {mid} stopped at B");
+    }
+    assert_eq!(net.sfu.subscription_count(), 0);
 
     net.sfu.remove_participant(ParticipantId(2));
     net.sfu.remove_participant(ParticipantId(2));
     assert_eq!(net.sfu.participant_count(), 0);
     assert_eq!(net.sfu.room_count(), 0);
+    assert_eq!(net.sfu.track_count(), 0);
     assert_eq!(net.sfu.poll_timeout(), None);
     let b_addr = net.clients[b].addr;
     let last_b = net.clients[b].sent.last().expect("B sent").clone();
@@ -641,6 +881,10 @@ fn silent_client_is_disconnected_and_freed() {
     });
     assert_eq!(net.sfu.participant_count(), 1);
     assert_eq!(net.sfu.room_of(ParticipantId(2)), None);
+    // A's m-lines for B are stopped.
+    net.run_for(Duration::from_millis(200));
+    let offers = net.offers_to(ParticipantId(1));
+    assert!(offers.last().is_some_and(|t| t.is_empty()), "{offers:?}");
 }
 
 #[test]
@@ -649,7 +893,7 @@ fn offer_that_never_connects_times_out() {
     let a = net.add_client(1, "10.0.0.2:5000", default_codecs);
     let offer = net.clients[a].offer.clone();
     net.sfu
-        .handle_offer(net.now, ROOM, ParticipantId(1), &offer)
+        .handle_offer(net.now, ROOM, ParticipantId(1), "user-1", &offer, &[])
         .expect("answer");
     let deadline = net.sfu.poll_timeout().expect("a timer");
     assert!(deadline <= net.now + CONNECT_TIMEOUT);
@@ -671,7 +915,7 @@ fn bad_input_is_refused_without_state() {
     let mut net = Net::new();
     let err = net
         .sfu
-        .handle_offer(net.now, ROOM, ParticipantId(9), "v=0\r\nnonsense")
+        .handle_offer(net.now, ROOM, ParticipantId(9), "u", "v=0\r\nnonsense", &[])
         .unwrap_err();
     assert!(matches!(err, SfuError::BadSdp(_)), "{err}");
     assert_eq!(net.sfu.participant_count(), 0);
@@ -680,6 +924,10 @@ fn bad_input_is_refused_without_state() {
         net.sfu
             .add_remote_candidate(ParticipantId(9), "candidate:garbage"),
         Err(SfuError::BadCandidate(_))
+    ));
+    assert!(matches!(
+        net.sfu.handle_answer(net.now, ParticipantId(9), "v=0"),
+        Err(SfuError::UnknownParticipant(_))
     ));
     for junk in [
         &[][..],
@@ -698,12 +946,456 @@ fn bad_input_is_refused_without_state() {
     let a = net.add_client(1, "10.0.0.2:5000", default_codecs);
     let offer = net.clients[a].offer.clone();
     net.sfu
-        .handle_offer(net.now, ROOM, ParticipantId(1), &offer)
+        .handle_offer(net.now, ROOM, ParticipantId(1), "user-1", &offer, &[])
         .expect("answer");
     let err = net
         .sfu
-        .handle_offer(net.now, "other", ParticipantId(1), &offer)
+        .handle_offer(net.now, "other", ParticipantId(1), "user-1", &offer, &[])
         .unwrap_err();
     assert!(matches!(err, SfuError::WrongRoom { .. }), "{err}");
     assert_eq!(net.sfu.room_count(), 1);
+    // An answer without a server offer.
+    let err = net
+        .sfu
+        .handle_answer(net.now, ParticipantId(1), "v=0")
+        .unwrap_err();
+    assert!(matches!(err, SfuError::NoPendingOffer), "{err}");
+}
+
+// ---- group calls ----
+
+fn ids(tracks: &[OutTrack]) -> Vec<(ParticipantId, TrackSource)> {
+    let mut v: Vec<_> = tracks.iter().map(|t| (t.publisher, t.source)).collect();
+    v.sort_by_key(|(p, s)| (*p, s.as_str()));
+    v
+}
+
+fn audio_and_camera(of: &[u64]) -> Vec<(ParticipantId, TrackSource)> {
+    let mut v: Vec<_> = of
+        .iter()
+        .flat_map(|id| {
+            [
+                (ParticipantId(*id), TrackSource::Audio),
+                (ParticipantId(*id), TrackSource::Camera),
+            ]
+        })
+        .collect();
+    v.sort_by_key(|(p, s)| (*p, s.as_str()));
+    v
+}
+
+/// Three clients join one after another before any answer or ICE: the server offers for the
+/// later joiners are batched behind the outstanding ones.
+fn three_clients() -> Net {
+    let mut net = Net::new();
+    net.add_and_join(1, "10.0.0.2:5000", default_codecs);
+    net.add_and_join(2, "10.0.0.3:5000", default_codecs);
+    net.add_and_join(3, "10.0.0.4:5000", default_codecs);
+    net.connect_all();
+    net
+}
+
+#[test]
+fn three_party_room_forwards_everyone_to_everyone() {
+    let mut net = three_clients();
+    // Offers were made and answered before ICE connected (str0m renegotiates before connecting).
+    for (me, others) in [(1, [2, 3]), (2, [1, 3]), (3, [1, 2])] {
+        let offers = net.offers_to(ParticipantId(me));
+        let last = offers.last().expect("an offer");
+        assert_eq!(ids(last), audio_and_camera(&others), "client {me}");
+        // At most one outstanding: 1 got B's tracks, then C's in a second offer.
+        assert!(offers.len() <= 2, "client {me}: {offers:?}");
+    }
+    assert_eq!(net.offers_to(ParticipantId(1)).len(), 2);
+    assert_eq!(net.offers_to(ParticipantId(3)).len(), 1);
+    for c in &net.clients {
+        let labels: Vec<String> = c
+            .track_of
+            .values()
+            .map(|t| {
+                let mid = Mid::from(t.mid.as_str());
+                c.rtc.media(mid).expect("m-line").stream_id().to_string()
+            })
+            .collect();
+        assert!(
+            labels.iter().all(|l| l.starts_with("user-")),
+            "msid stream ids are the publishers' labels: {labels:?}"
+        );
+    }
+
+    for tick in 0..40 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    net.run_for(Duration::from_millis(200));
+    for to in 0..3 {
+        for from in (0..3).filter(|f| *f != to) {
+            assert_receives(&net, to, from, 40, vp8_frame);
+        }
+    }
+    assert_eq!(net.sfu.track_count(), 6);
+    assert_eq!(net.sfu.subscription_count(), 12);
+}
+
+#[test]
+fn late_joiner_gets_one_offer_with_everyones_tracks() {
+    let mut net = three_clients();
+    for tick in 0..10 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    let before: Vec<usize> = (1..=3)
+        .map(|id| net.offers_to(ParticipantId(id)).len())
+        .collect();
+    let generated = net.sfu.stats().keyframe_requests_generated;
+    for c in &mut net.clients {
+        c.events.clear();
+    }
+
+    let d = net.add_and_join(4, "10.0.0.5:5000", default_codecs);
+    net.connect_all();
+    for (i, id) in (1..=3).enumerate() {
+        let offers = net.offers_to(ParticipantId(id));
+        assert_eq!(offers.len(), before[i] + 1, "client {id}");
+        let added: Vec<_> = ids(offers[offers.len() - 1])
+            .into_iter()
+            .filter(|(p, _)| *p == ParticipantId(4))
+            .collect();
+        assert_eq!(added, audio_and_camera(&[4]));
+    }
+    let offers = net.offers_to(ParticipantId(4));
+    assert_eq!(offers.len(), 1);
+    assert_eq!(ids(offers[0]), audio_and_camera(&[1, 2, 3]));
+
+    // Each camera is asked for a keyframe for the new subscriber (within the publisher's
+    // throttle interval: the others' subscriptions asked for one shortly before).
+    net.run_for(KEYFRAME_REQUEST_INTERVAL + Duration::from_millis(100));
+    for c in 0..3 {
+        let video = net.clients[c].video;
+        assert!(net.clients[c].keyframe_requests(video) >= 1, "client {c}");
+    }
+    assert!(net.sfu.stats().keyframe_requests_generated >= generated + 3);
+
+    let ticks = 40;
+    for tick in 0..ticks {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    net.run_for(Duration::from_millis(200));
+    for from in 0..3 {
+        assert_receives(&net, d, from, ticks, vp8_frame);
+    }
+    assert!(
+        !net.clients[0]
+            .media_from(ParticipantId(4), TrackSource::Camera)
+            .is_empty()
+    );
+}
+
+#[test]
+fn screen_share_is_added_and_stopped_by_renegotiation() {
+    let mut net = three_clients();
+    let a = net.client(ParticipantId(1));
+    // A adds a screen-share m-line.
+    let mut change = net.clients[a].rtc.sdp_api();
+    let screen = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().expect("offer");
+    net.clients[a].offer = offer.to_sdp_string();
+    net.clients[a].pending = Some(pending);
+    // Explicit sources, as the SDK sends them.
+    let sources = [
+        (net.clients[a].audio.to_string(), TrackSource::Audio),
+        (net.clients[a].video.to_string(), TrackSource::Camera),
+        (screen.to_string(), TrackSource::ScreenShare),
+    ];
+    net.reoffer(a, &sources).expect("re-offer answered");
+    assert_eq!(net.sfu.track_count(), 7);
+    net.run_for(Duration::from_millis(200));
+    for id in [2, 3] {
+        let offers = net.offers_to(ParticipantId(id));
+        let last = offers.last().expect("offer");
+        assert!(
+            last.iter()
+                .any(|t| t.publisher == ParticipantId(1) && t.source == TrackSource::ScreenShare),
+            "client {id}: {last:?}"
+        );
+        assert_eq!(last.len(), 5);
+    }
+
+    let (now, since) = (net.now, net.elapsed());
+    for tick in 0..20u8 {
+        let frame = vp8_frame(101, tick);
+        net.clients[a].write(
+            screen,
+            Codec::Vp8,
+            since + Duration::from_millis(u64::from(tick) * 40),
+            now,
+            frame,
+        );
+        net.run_for(Duration::from_millis(40));
+    }
+    for id in [2, 3] {
+        let c = net.client(ParticipantId(id));
+        let shared =
+            payloads(&net.clients[c].media_from(ParticipantId(1), TrackSource::ScreenShare));
+        assert!(
+            shared.len() >= 15,
+            "client {id}: {} screen frames",
+            shared.len()
+        );
+        assert!(
+            shared.iter().all(|f| f[6] == 101),
+            "screen frames, not camera frames"
+        );
+        assert!(
+            net.clients[c]
+                .media_from(ParticipantId(1), TrackSource::Camera)
+                .iter()
+                .all(|d| d.data[6] == 1)
+        );
+    }
+
+    // A stops sharing.
+    let screen_at_b = net.clients[net.client(ParticipantId(2))]
+        .mid_for(ParticipantId(1), TrackSource::ScreenShare)
+        .expect("B has the screen m-line");
+    let mut change = net.clients[a].rtc.sdp_api();
+    change.stop_media(screen);
+    let (offer, pending) = change.apply().expect("offer");
+    net.clients[a].offer = offer.to_sdp_string();
+    net.clients[a].pending = Some(pending);
+    net.reoffer(a, &[]).expect("re-offer answered");
+    assert_eq!(net.sfu.track_count(), 6);
+    net.run_for(Duration::from_millis(200));
+    for id in [2, 3] {
+        let offers = net.offers_to(ParticipantId(id));
+        let last = offers.last().expect("offer");
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|x| *x != id).collect();
+        assert_eq!(ids(last), audio_and_camera(&others));
+    }
+    let b = net.client(ParticipantId(2));
+    assert!(
+        net.clients[b]
+            .rtc
+            .media(screen_at_b)
+            .expect("m-line")
+            .disabled()
+    );
+    // The camera goes on at B with its source kept (no sources given in the second re-offer).
+    net.clients[b].events.clear();
+    for tick in 0..10 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    assert!(
+        !net.clients[b]
+            .media_from(ParticipantId(1), TrackSource::Camera)
+            .is_empty()
+    );
+}
+
+#[test]
+fn leaving_member_is_stopped_at_the_others() {
+    let mut net = three_clients();
+    for tick in 0..10 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    let c = net.client(ParticipantId(3));
+    net.sfu.remove_participant(ParticipantId(3));
+    net.clients[c].plugged = false;
+    assert_eq!(net.sfu.participant_count(), 2);
+    assert_eq!(net.sfu.track_count(), 4);
+    net.run_for(Duration::from_millis(200));
+    for (me, other) in [(1, 2), (2, 1)] {
+        let offers = net.offers_to(ParticipantId(me));
+        assert_eq!(
+            ids(offers.last().expect("offer")),
+            audio_and_camera(&[other])
+        );
+        let client = &net.clients[net.client(ParticipantId(me))];
+        let stopped = client
+            .track_of
+            .values()
+            .filter(|t| t.publisher == ParticipantId(3))
+            .all(|t| {
+                client
+                    .rtc
+                    .media(Mid::from(t.mid.as_str()))
+                    .expect("m-line")
+                    .disabled()
+            });
+        assert!(stopped, "client {me}: the leaver's m-lines are stopped");
+    }
+    assert_eq!(net.sfu.subscription_count(), 4);
+    for c in &mut net.clients {
+        c.events.clear();
+    }
+    for tick in 0..20 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    assert_receives(&net, 0, 1, 20, vp8_frame);
+}
+
+#[test]
+fn glare_is_refused_until_the_server_offer_is_answered() {
+    let mut net = Net::new();
+    let a = net.add_and_join(1, "10.0.0.2:5000", default_codecs);
+    net.clients[a].auto_answer = false;
+    net.add_and_join(2, "10.0.0.3:5000", default_codecs);
+    net.run_until(Duration::from_secs(1), "server offer to A", |net| {
+        !net.clients[a].inbox.is_empty()
+    });
+
+    // A's own offer (a screen share) crosses the server's offer.
+    let mut change = net.clients[a].rtc.sdp_api();
+    let screen = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().expect("offer");
+    net.clients[a].offer = offer.to_sdp_string();
+    net.clients[a].pending = Some(pending);
+    let tracks = net.sfu.track_count();
+    let events = net.sfu_events.len();
+    let err = net.reoffer(a, &[]).unwrap_err();
+    assert!(matches!(err, SfuError::Glare), "{err}");
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(net.sfu.track_count(), tracks, "nothing changed");
+    assert!(
+        net.sfu_events[events..]
+            .iter()
+            .all(|e| !matches!(e, SfuEvent::Offer { .. })),
+        "no new offer"
+    );
+
+    // A rolls back, answers, and offers again: nothing is lost.
+    net.answer_inbox(a);
+    net.clients[a].auto_answer = true;
+    let mut change = net.clients[a].rtc.sdp_api();
+    let screen2 = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().expect("offer");
+    net.clients[a].offer = offer.to_sdp_string();
+    net.clients[a].pending = Some(pending);
+    let _ = screen;
+    net.reoffer(a, &[]).expect("re-offer after the answer");
+    assert_eq!(net.sfu.track_count(), tracks + 1);
+    net.connect_all();
+    let offers = net.offers_to(ParticipantId(2));
+    let last = offers.last().expect("offer to B");
+    assert!(
+        last.iter()
+            .any(|t| t.publisher == ParticipantId(1) && t.source == TrackSource::ScreenShare),
+        "{last:?}"
+    );
+    assert_eq!(
+        ids(net.offers_to(ParticipantId(1)).last().expect("offer")),
+        audio_and_camera(&[2])
+    );
+    for tick in 0..30 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    let (now, since) = (net.now, net.elapsed());
+    net.clients[a].write(screen2, Codec::Vp8, since, now, vp8_frame(101, 0));
+    net.run_for(Duration::from_millis(200));
+    assert_receives(&net, 0, 1, 30, vp8_frame);
+    assert_receives(&net, 1, 0, 30, vp8_frame);
+    assert_eq!(
+        payloads(&net.clients[1].media_from(ParticipantId(1), TrackSource::ScreenShare)),
+        [vp8_frame(101, 0)]
+    );
+}
+
+#[test]
+fn subscriber_without_the_publishers_codec_is_reported_once() {
+    let mut net = Net::new();
+    let h = net.add_and_join(1, "10.0.0.2:5000", h264_only);
+    let v = net.add_and_join(2, "10.0.0.3:5000", vp8_only);
+    net.connect_all();
+    let (now, since) = (net.now, net.elapsed());
+    for tick in 0..20u8 {
+        let t = since + Duration::from_millis(u64::from(tick) * 40);
+        let (hv, ha, vv) = (
+            net.clients[h].video,
+            net.clients[h].audio,
+            net.clients[v].video,
+        );
+        net.clients[h].write(hv, Codec::H264, t, now, h264_frame(1, tick));
+        net.clients[h].write(ha, Codec::Opus, t, now, audio_frame(1, tick));
+        net.clients[v].write(vv, Codec::Vp8, t, now, vp8_frame(2, tick));
+        net.run_for(Duration::from_millis(40));
+    }
+    let reports: Vec<&SfuEvent> = net
+        .sfu_events
+        .iter()
+        .filter(|e| matches!(e, SfuEvent::CodecUnsupported { .. }))
+        .collect();
+    assert_eq!(
+        reports,
+        [
+            &SfuEvent::CodecUnsupported {
+                subscriber: ParticipantId(2),
+                publisher: ParticipantId(1),
+                source: TrackSource::Camera,
+                codec: "H264".to_string(),
+            },
+            &SfuEvent::CodecUnsupported {
+                subscriber: ParticipantId(1),
+                publisher: ParticipantId(2),
+                source: TrackSource::Camera,
+                codec: "VP8".to_string(),
+            },
+        ]
+    );
+    // Audio still flows.
+    assert!(
+        net.clients[v]
+            .media_from(ParticipantId(1), TrackSource::Audio)
+            .len()
+            >= 15
+    );
+}
+
+#[test]
+fn audio_levels_drive_speaking_and_dominant_speakers() {
+    let mut net = three_clients();
+    for (id, level) in [(1, 127), (2, 20), (3, 127)] {
+        let c = net.client(ParticipantId(id));
+        net.clients[c].level = Some(level);
+    }
+    for tick in 0..100 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    let b = net.client(ParticipantId(2));
+    net.clients[b].level = Some(127);
+    let c = net.client(ParticipantId(3));
+    net.clients[c].level = Some(25);
+    for tick in 0..150 {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    let speaking: Vec<(u64, bool)> = net
+        .sfu_events
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::Speaking {
+                participant,
+                speaking,
+            } => Some((participant.0, *speaking)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(speaking, [(2, true), (3, true), (2, false)]);
+    let rankings: Vec<Vec<u64>> = net
+        .sfu_events
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::DominantSpeakers { room, speakers } => {
+                assert_eq!(room, ROOM);
+                Some(speakers.iter().map(|p| p.0).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rankings.first().map(Vec::as_slice), Some(&[2][..]));
+    assert_eq!(rankings.last().map(Vec::as_slice), Some(&[3, 2][..]));
+    // Levels reach the subscribers too.
+    let a = net.client(ParticipantId(1));
+    assert!(
+        net.clients[a]
+            .media_from(ParticipantId(3), TrackSource::Audio)
+            .iter()
+            .any(|d| d.ext_vals.audio_level == Some(-25))
+    );
 }

@@ -1,5 +1,6 @@
-// Switchboard calling page: sign in with a name, pick someone, call them with audio and video.
-// Uses only the web SDK (/sdk/calling.js) and the demo endpoints (/demo/signin, /demo/users).
+// Switchboard calling page: sign in with a name, pick someone, call them with audio and video; or join a group
+// call by id (a grid of participant tiles, screen sharing). Uses only the web SDK (/sdk/calling.js) and the demo
+// endpoints (/demo/signin, /demo/users).
 import { CallClient } from "/sdk/calling.js";
 
 const USERS_REFRESH_MS = 3000;
@@ -15,8 +16,10 @@ const app = {
   me: null,
   /** @type {import("/sdk/calling.js").Call|null} */
   call: null,
-  /** Name of the other person in the current/last call. */
+  /** Name of the other person in the current/last call ("the group" in group calls). */
   peerName: "",
+  /** Group id of the current group call. */
+  groupId: "",
   /** @type {import("/sdk/calling.js").IncomingCall[]} */
   incoming: [],
   /** @type {{name: string, communicationUserId: string, online: boolean}[]} */
@@ -72,7 +75,8 @@ function describeEnd(reason, peer) {
   if (!reason) return "The call ended.";
   const { code, subcode } = reason;
   let text;
-  if (code === 0 && subcode === 5010) text = `Connection to ${peer || "the other person"} was lost.`;
+  if (code === 0 && subcode === 5001) text = "The organizer ended the call for everyone.";
+  else if (code === 0 && subcode === 5010) text = `Connection to ${peer || "the other person"} was lost.`;
   else if (code === 0) text = "The call ended.";
   else if (code === 480) text = `${who} is not available right now.`;
   else if (code === 603) text = `${who} declined the call.`;
@@ -131,6 +135,7 @@ function showSignedIn() {
   $("signin-panel").hidden = true;
   $("me-panel").hidden = false;
   $("people-panel").hidden = false;
+  $("group-panel").hidden = false;
   $("whoami").hidden = false;
   $("my-name").textContent = app.me.name;
   $("my-id").textContent = app.me.communicationUserId;
@@ -150,6 +155,7 @@ function showSignedOut(reasonText) {
   $("signin-panel").hidden = false;
   $("me-panel").hidden = true;
   $("people-panel").hidden = true;
+  $("group-panel").hidden = true;
   $("whoami").hidden = true;
   document.title = "Switchboard — calls";
   if (reasonText) showMessage($("signin-error"), reasonText);
@@ -296,6 +302,56 @@ async function declineIncoming() {
   }
 }
 
+// ---------- group calls ----------
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A random UUID v4 (crypto.randomUUID needs a secure context; getRandomValues does not). */
+function newUuid() {
+  if (typeof crypto.randomUUID === "function" && window.isSecureContext) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const hex = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function newGroupId() {
+  const input = /** @type {HTMLInputElement} */ ($("group-id"));
+  input.value = newUuid();
+  showMessage($("group-error"), "");
+  $("join").focus();
+}
+
+function joinGroup(event) {
+  event.preventDefault();
+  showMessage($("group-error"), "");
+  if (!app.agent) return;
+  if (app.call) {
+    showMessage($("group-error"), "Leave the current call first.");
+    return;
+  }
+  const input = /** @type {HTMLInputElement} */ ($("group-id"));
+  const groupId = input.value.trim();
+  if (!UUID_RE.test(groupId)) {
+    showMessage($("group-error"), groupId ? "A group id is a UUID (press New id to make one)." : "Type the group id you were given, or press New id.");
+    input.focus();
+    return;
+  }
+  try {
+    const call = app.agent.join({ groupId }, { audio: true, video: true });
+    app.groupId = groupId;
+    try {
+      const url = new URL(location.href);
+      url.searchParams.set("group", groupId);
+      history.replaceState(null, "", url);
+    } catch {}
+    attachCall(call, "the group");
+  } catch (e) {
+    showMessage($("group-error"), `Could not join: ${errorText(e)}`);
+  }
+}
+
 function renderIncoming() {
   const incoming = app.incoming[0];
   $("incoming").hidden = !incoming;
@@ -326,7 +382,15 @@ function attachCall(call, peerName) {
   call.on("isMutedChanged", renderControls);
   call.on("isLocalVideoStartedChanged", renderLocalVideo);
   call.on("localVideoStreamsUpdated", renderLocalVideo);
-  call.on("remoteParticipantsUpdated", ({ added }) => added.forEach(watchParticipant));
+  call.on("remoteParticipantsUpdated", ({ added }) => {
+    added.forEach(watchParticipant);
+    renderCall();
+  });
+  call.on("isScreenSharingOnChanged", renderControls);
+  call.on("dominantSpeakersChanged", renderMedia);
+  call.on("error", ({ code, message }) => {
+    if (app.call === call) showMessage($("end-reason"), `${message} (${code})`);
+  });
   call.remoteParticipants.forEach(watchParticipant);
   renderCall();
   renderLocalVideo();
@@ -334,19 +398,20 @@ function attachCall(call, peerName) {
 
 /** @param {import("/sdk/calling.js").RemoteParticipant} participant */
 function watchParticipant(participant) {
-  const update = () => renderRemote();
+  const update = () => renderMedia();
   participant.on("videoStreamsUpdated", ({ added }) => {
     added.forEach((stream) => stream.on("isAvailableChanged", update));
     update();
   });
   participant.videoStreams.forEach((stream) => stream.on("isAvailableChanged", update));
   participant.on("isMutedChanged", update);
+  participant.on("isSpeakingChanged", update);
   participant.on("displayNameChanged", () => {
-    if (participant.displayName) app.peerName = participant.displayName;
+    if (participant.displayName && !app.call?.isGroupCall) app.peerName = participant.displayName;
     renderCall();
   });
   participant.on("stateChanged", update);
-  if (participant.displayName) app.peerName = participant.displayName;
+  if (participant.displayName && !app.call?.isGroupCall) app.peerName = participant.displayName;
   update();
 }
 
@@ -358,11 +423,14 @@ function detachCall(call) {
   const local = /** @type {HTMLVideoElement} */ ($("local-video"));
   remote.srcObject = null;
   local.srcObject = null;
+  $("grid").replaceChildren();
+  $("grid").hidden = true;
+  $("call-panel").classList.remove("group");
   renderControls();
   $("remote-placeholder").hidden = false;
   $("remote-label").textContent = "Remote video";
   showMessage($("end-reason"), describeEnd(call.callEndReason, app.peerName));
-  setStateText("Disconnected", `call with ${app.peerName} ended`);
+  setStateText("Disconnected", call.isGroupCall ? "left the group call" : `call with ${app.peerName} ended`);
 }
 
 function setStateText(state, text) {
@@ -387,8 +455,18 @@ function renderCall() {
       Disconnecting: "hanging up",
       Disconnected: `call with ${peer} ended`,
     };
+    if (call.isGroupCall) {
+      const others = call.remoteParticipants.length;
+      Object.assign(texts, {
+        Connecting: "joining the group call",
+        Connected: others ? `in a group call with ${others} other${others === 1 ? "" : "s"}` : "in a group call (no one else yet)",
+        Disconnected: "left the group call",
+      });
+    }
     setStateText(call.state, texts[call.state] || "");
-    renderRemote();
+    $("call-panel").classList.toggle("group", call.isGroupCall);
+    $("grid").hidden = !call.isGroupCall;
+    renderMedia();
   }
   /** @type {HTMLButtonElement} */ ($("call")).disabled = !app.agent || Boolean(call);
   renderControls();
@@ -400,9 +478,23 @@ function renderControls() {
   const mute = /** @type {HTMLButtonElement} */ ($("mute"));
   const camera = /** @type {HTMLButtonElement} */ ($("camera"));
   const hangup = /** @type {HTMLButtonElement} */ ($("hangup"));
+  const group = Boolean(call && call.isGroupCall);
   mute.disabled = !active;
   camera.disabled = !active;
   hangup.disabled = !active;
+  hangup.hidden = group;
+  const leave = /** @type {HTMLButtonElement} */ ($("leave"));
+  const endForAll = /** @type {HTMLButtonElement} */ ($("end-for-all"));
+  leave.hidden = !group;
+  endForAll.hidden = !group;
+  leave.disabled = !active;
+  endForAll.disabled = !active;
+  const share = /** @type {HTMLButtonElement} */ ($("share-screen"));
+  const sharing = Boolean(call && call.isScreenSharingOn);
+  share.disabled = !active || !navigator.mediaDevices?.getDisplayMedia;
+  share.textContent = sharing ? "Stop sharing" : "Share screen";
+  share.setAttribute("aria-pressed", String(sharing));
+  /** @type {HTMLButtonElement} */ ($("join")).disabled = !app.agent || Boolean(call);
   const muted = Boolean(call && call.isMuted);
   mute.textContent = muted ? "Unmute" : "Mute";
   mute.setAttribute("aria-pressed", String(muted));
@@ -419,6 +511,100 @@ function renderLocalVideo() {
   const current = local.srcObject instanceof MediaStream ? local.srcObject.getVideoTracks()[0] : null;
   if (track !== current) local.srcObject = track ? new MediaStream([track]) : null;
   renderControls();
+}
+
+function renderMedia() {
+  if (app.call?.isGroupCall) renderGrid();
+  else renderRemote();
+}
+
+/** Remote video streams the grid already follows. */
+const watchedStreams = new WeakSet();
+
+/**
+ * The group call grid: one tile per participant (camera video, or a placeholder while it is off) and a larger
+ * tile per screen share, each labelled with the name and a speaking indicator. Tiles are kept across renders
+ * (keyed by participant and stream) so playing videos are not restarted.
+ */
+function renderGrid() {
+  const call = app.call;
+  const grid = $("grid");
+  if (!call) return;
+  const dominant = call.dominantSpeakers?.speakersList?.[0]?.communicationUserId || "";
+  /** @type {Map<string, HTMLElement>} */
+  const existing = new Map([...grid.children].map((el) => [/** @type {HTMLElement} */ (el).dataset.key, /** @type {HTMLElement} */ (el)]));
+  const wanted = [];
+  for (const p of call.remoteParticipants) {
+    const userId = p.identifier.communicationUserId;
+    const name = p.displayName || nameOf(userId) || "Someone";
+    for (const stream of p.videoStreams.filter((s) => s.mediaStreamType === "ScreenSharing")) {
+      wanted.push({ key: `${userId}|screen|${stream.id}`, userId, kind: "screen", stream, label: `${name}'s screen`, p });
+    }
+  }
+  for (const p of call.remoteParticipants) {
+    const userId = p.identifier.communicationUserId;
+    const name = p.displayName || nameOf(userId) || "Someone";
+    const stream = p.videoStreams.find((s) => s.mediaStreamType === "Video") || null;
+    wanted.push({ key: `${userId}|camera`, userId, kind: "camera", stream, label: name + (p.isMuted ? " (muted)" : ""), p });
+  }
+  const tiles = wanted.map((w) => {
+    let tile = existing.get(w.key);
+    existing.delete(w.key);
+    if (!tile) tile = makeTile(w.key, w.userId, w.kind);
+    const video = /** @type {HTMLVideoElement} */ (tile.querySelector("video"));
+    const mediaStream = w.stream ? w.stream.mediaStream : null;
+    if (video.srcObject !== mediaStream) {
+      video.srcObject = mediaStream;
+      if (mediaStream) video.play().catch(() => {});
+    }
+    if (w.stream && !watchedStreams.has(w.stream)) {
+      watchedStreams.add(w.stream);
+      w.stream.on("isAvailableChanged", renderGrid);
+    }
+    const available = Boolean(w.stream && w.stream.isAvailable);
+    /** @type {HTMLElement} */ (tile.querySelector(".placeholder")).hidden = available;
+    /** @type {HTMLElement} */ (tile.querySelector(".placeholder")).textContent = w.kind === "screen" ? "Screen share starting…" : w.stream ? "Camera off" : "No video";
+    /** @type {HTMLElement} */ (tile.querySelector(".label-text")).textContent = w.label;
+    tile.dataset.available = String(available);
+    tile.dataset.speaking = String(w.kind === "camera" && w.p.isSpeaking);
+    tile.dataset.dominant = String(w.kind === "camera" && dominant === w.userId);
+    tile.setAttribute("aria-label", `${w.label}${w.kind === "camera" && w.p.isSpeaking ? ", speaking" : ""}`);
+    return tile;
+  });
+  for (const stale of existing.values()) {
+    const video = stale.querySelector("video");
+    if (video) video.srcObject = null;
+  }
+  // Keep order without re-inserting unchanged nodes (re-inserting a playing <video> pauses it).
+  const current = [...grid.children];
+  if (current.length !== tiles.length || tiles.some((t, i) => current[i] !== t)) grid.replaceChildren(...tiles);
+  grid.dataset.count = String(tiles.length);
+}
+
+/** @returns {HTMLElement} */
+function makeTile(key, userId, kind) {
+  const tile = document.createElement("figure");
+  tile.className = `tile ${kind}`;
+  tile.dataset.key = key;
+  tile.dataset.userId = userId;
+  tile.dataset.kind = kind;
+  tile.setAttribute("role", "listitem");
+  const video = document.createElement("video");
+  video.autoplay = true;
+  video.playsInline = true;
+  video.muted = true; // audio plays through the SDK's own <audio> elements
+  const label = document.createElement("figcaption");
+  label.className = "label";
+  const dot = document.createElement("span");
+  dot.className = "speaking-indicator";
+  dot.setAttribute("aria-hidden", "true");
+  const text = document.createElement("span");
+  text.className = "label-text";
+  label.append(dot, text);
+  const placeholder = document.createElement("p");
+  placeholder.className = "placeholder";
+  tile.append(video, label, placeholder);
+  return tile;
 }
 
 function renderRemote() {
@@ -477,6 +663,32 @@ async function hangUp() {
   }
 }
 
+async function toggleScreenShare() {
+  const call = app.call;
+  if (!call) return;
+  const button = /** @type {HTMLButtonElement} */ ($("share-screen"));
+  button.disabled = true;
+  try {
+    if (call.isScreenSharingOn) await call.stopScreenSharing();
+    else await call.startScreenSharing();
+  } catch (e) {
+    showMessage($("end-reason"), `Screen sharing: ${errorText(e)}`);
+  }
+  renderControls();
+}
+
+async function leave(forEveryone) {
+  const call = app.call;
+  if (!call) return;
+  /** @type {HTMLButtonElement} */ ($("leave")).disabled = true;
+  /** @type {HTMLButtonElement} */ ($("end-for-all")).disabled = true;
+  try {
+    await call.hangUp({ forEveryone });
+  } catch (e) {
+    showMessage($("end-reason"), `Leave failed: ${errorText(e)}`);
+  }
+}
+
 async function copyId() {
   const id = $("my-id").textContent || "";
   let ok = false;
@@ -510,6 +722,11 @@ function init() {
   $("mute").addEventListener("click", toggleMute);
   $("camera").addEventListener("click", toggleCamera);
   $("hangup").addEventListener("click", hangUp);
+  $("share-screen").addEventListener("click", toggleScreenShare);
+  $("leave").addEventListener("click", () => leave(false));
+  $("end-for-all").addEventListener("click", () => leave(true));
+  $("new-group").addEventListener("click", newGroupId);
+  $("group-form").addEventListener("submit", joinGroup);
   $("copy-id").addEventListener("click", copyId);
   window.addEventListener("pagehide", () => {
     if (app.agent) app.agent.dispose();
@@ -518,6 +735,8 @@ function init() {
     const saved = localStorage.getItem("switchboard.name");
     if (saved) /** @type {HTMLInputElement} */ ($("name")).value = saved;
   } catch {}
+  const group = new URLSearchParams(location.search).get("group");
+  if (group && UUID_RE.test(group)) /** @type {HTMLInputElement} */ ($("group-id")).value = group;
   renderControls();
   $("name").focus();
 }

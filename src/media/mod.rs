@@ -7,8 +7,9 @@
 //!
 //! Metrics: counters `switchboard_media_packets_in_total`, `switchboard_media_packets_out_total`,
 //! `switchboard_media_bytes_in_total`, `switchboard_media_bytes_out_total`,
-//! `switchboard_media_keyframe_requests_total`, `switchboard_media_socket_errors_total`; gauges
-//! `switchboard_media_participants`, `switchboard_media_rooms`.
+//! `switchboard_media_keyframe_requests_total`, `switchboard_media_renegotiations_total` (server
+//! offers), `switchboard_media_socket_errors_total`; gauges `switchboard_media_participants`,
+//! `switchboard_media_rooms`, `switchboard_media_tracks` (published tracks).
 
 mod sockets;
 mod worker;
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::sfu::{ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent};
+use crate::sfu::{ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent, TrackSource};
 
 /// Where the media plane listens.
 #[derive(Clone, Debug, Default)]
@@ -68,8 +69,15 @@ enum Command {
     Offer {
         room: String,
         participant: ParticipantId,
+        label: String,
         sdp: String,
+        sources: Vec<(String, TrackSource)>,
         reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    Answer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
     },
     AddCandidate {
         participant: ParticipantId,
@@ -89,29 +97,55 @@ pub struct MediaHandle {
 }
 
 impl MediaHandle {
-    /// Answers `participant`'s SDP offer, adding it to `room` on its first offer
-    /// ([`Sfu::handle_offer`]). Returns the SDP answer.
+    /// Answers `participant`'s SDP offer, adding it to `room` under `label` (its public id) on its
+    /// first offer; `sources` names what each of its sending m-lines carries, by mid
+    /// ([`Sfu::handle_offer`]). Returns the SDP answer. Server offers for the other members' tracks
+    /// follow as [`SfuEvent::Offer`].
     ///
     /// # Errors
-    /// [`MediaError::Sfu`] with [`SfuError::BadSdp`] or [`SfuError::WrongRoom`];
-    /// [`MediaError::Stopped`] if the worker is gone.
+    /// [`MediaError::Sfu`] with [`SfuError::BadSdp`], [`SfuError::WrongRoom`] or
+    /// [`SfuError::Glare`]; [`MediaError::Stopped`] if the worker is gone.
     pub async fn offer(
         &self,
         room: String,
         participant: ParticipantId,
+        label: String,
         sdp: String,
+        sources: Vec<(String, TrackSource)>,
     ) -> Result<String, MediaError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Offer {
                 room,
                 participant,
+                label,
                 sdp,
+                sources,
                 reply,
             })
             .map_err(|_| MediaError::Stopped)?;
         answer
             .await
+            .map_err(|_| MediaError::Stopped)?
+            .map_err(MediaError::Sfu)
+    }
+
+    /// Passes `participant`'s answer to the last [`SfuEvent::Offer`] sent to it
+    /// ([`Sfu::handle_answer`]).
+    ///
+    /// # Errors
+    /// [`MediaError::Sfu`] with [`SfuError::NoPendingOffer`], [`SfuError::BadSdp`] or
+    /// [`SfuError::UnknownParticipant`]; [`MediaError::Stopped`] if the worker is gone.
+    pub async fn answer(&self, participant: ParticipantId, sdp: String) -> Result<(), MediaError> {
+        let (reply, done) = oneshot::channel();
+        self.commands
+            .send(Command::Answer {
+                participant,
+                sdp,
+                reply,
+            })
+            .map_err(|_| MediaError::Stopped)?;
+        done.await
             .map_err(|_| MediaError::Stopped)?
             .map_err(MediaError::Sfu)
     }

@@ -96,15 +96,29 @@ fn apply(sfu: &mut Sfu, command: Command) {
         Command::Offer {
             room,
             participant,
+            label,
             sdp,
+            sources,
             reply,
         } => {
-            let answer = sfu.handle_offer(Instant::now(), &room, participant, &sdp);
+            let answer =
+                sfu.handle_offer(Instant::now(), &room, participant, &label, &sdp, &sources);
             if let Err(e) = &answer {
                 info!(%participant, %room, error = %e, "offer refused");
             }
             // The requester may have given up waiting; nothing to do then.
             let _ = reply.send(answer);
+        }
+        Command::Answer {
+            participant,
+            sdp,
+            reply,
+        } => {
+            let result = sfu.handle_answer(Instant::now(), participant, &sdp);
+            if let Err(e) = &result {
+                info!(%participant, error = %e, "answer refused");
+            }
+            let _ = reply.send(result);
         }
         Command::AddCandidate {
             participant,
@@ -184,9 +198,11 @@ struct Meters {
     bytes_in: Counter,
     bytes_out: Counter,
     keyframe_requests: Counter,
+    renegotiations: Counter,
     socket_errors: Counter,
     participants: Gauge,
     rooms: Gauge,
+    tracks: Gauge,
     reported: SfuStats,
     last_error_log: Option<Instant>,
     suppressed_errors: u64,
@@ -200,9 +216,11 @@ impl Meters {
             bytes_in: counter!("switchboard_media_bytes_in_total"),
             bytes_out: counter!("switchboard_media_bytes_out_total"),
             keyframe_requests: counter!("switchboard_media_keyframe_requests_total"),
+            renegotiations: counter!("switchboard_media_renegotiations_total"),
             socket_errors: counter!("switchboard_media_socket_errors_total"),
             participants: gauge!("switchboard_media_participants"),
             rooms: gauge!("switchboard_media_rooms"),
+            tracks: gauge!("switchboard_media_tracks"),
             reported: SfuStats::default(),
             last_error_log: None,
             suppressed_errors: 0,
@@ -216,9 +234,15 @@ impl Meters {
             self.reported.keyframe_requests_forwarded + self.reported.keyframe_requests_generated;
         self.keyframe_requests
             .increment(requests.saturating_sub(reported));
+        self.renegotiations.increment(
+            stats
+                .renegotiations
+                .saturating_sub(self.reported.renegotiations),
+        );
         self.reported = stats;
         self.participants.set(sfu.participant_count() as f64);
         self.rooms.set(sfu.room_count() as f64);
+        self.tracks.set(sfu.track_count() as f64);
     }
 
     /// Counts a failed send or receive; logs it unless one was logged recently. Never fatal: one

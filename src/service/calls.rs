@@ -1,4 +1,4 @@
-//! Call control: registered connections, 1:1 calls, their states and end reasons (docs/protocol.md).
+//! Call control: registered connections, 1:1 and group calls, their states and end reasons (docs/protocol.md).
 //!
 //! One task (the hub) owns all call state; WebSocket sessions talk to it by [`HubCommand`]s and receive
 //! [`Outbound`] messages on their own channel. The media plane is reached through the [`MediaPlane`] trait so the
@@ -15,7 +15,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::proto::signal::{
-    ClientMessage, EndReason, ParticipantInfo, RequestId, ServerMessage, Target,
+    ClientMessage, EndReason, OutTrackInfo, ParticipantInfo, RequestId, ServerMessage, Target,
+    TrackSpec,
 };
 
 /// A WebSocket connection, numbered by the hub's owner.
@@ -24,15 +25,36 @@ pub type ConnId = u64;
 /// Media participant id handed to the media plane (one per connection per call).
 pub type MediaParticipant = u64;
 
+/// Why the media plane refused an offer or answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaFailure {
+    /// The server has an offer of its own outstanding (client must answer it first).
+    Glare,
+    /// An answer came with no server offer outstanding.
+    NoPendingOffer,
+    /// The SDP was refused; the text says why (no internals).
+    BadSdp(String),
+    /// The media plane is gone or the participant is unknown.
+    Unavailable(String),
+}
+
+/// Boxed future returned by [`MediaPlane`] calls.
+pub type MediaFuture<T> = Pin<Box<dyn Future<Output = Result<T, MediaFailure>> + Send>>;
+
 /// What the hub needs of the media plane (the SFU), implemented in `app.rs` over `media::MediaHandle`.
 pub trait MediaPlane: Send + Sync + 'static {
-    /// Adds or renegotiates `participant` in room `call_id` with an SDP offer; resolves to the SDP answer.
+    /// Adds or renegotiates `participant` (labelled with its identity) in room `call_id` with an SDP offer whose
+    /// sending m-lines carry `tracks`; resolves to the SDP answer.
     fn offer(
         &self,
         call_id: String,
         participant: MediaParticipant,
+        label: String,
         sdp: String,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+        tracks: Vec<TrackSpec>,
+    ) -> MediaFuture<String>;
+    /// Applies the client's answer to the last server offer.
+    fn answer(&self, participant: MediaParticipant, sdp: String) -> MediaFuture<()>;
     /// Trickle ICE candidate line for the participant.
     fn add_candidate(&self, participant: MediaParticipant, candidate: String);
     /// Frees the participant's media state.
@@ -90,6 +112,17 @@ impl OutboundTx {
     }
 }
 
+/// A server -> client m-line as the media plane reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaTrack {
+    /// The subscriber's mid.
+    pub mid: String,
+    /// The publishing participant.
+    pub publisher: MediaParticipant,
+    /// `audio`, `camera` or `screenShare`.
+    pub source: String,
+}
+
 /// Media-plane notifications the hub reacts to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaNotice {
@@ -97,6 +130,29 @@ pub enum MediaNotice {
     Connected(MediaParticipant),
     /// The participant's media session died (ICE timeout, DTLS failure).
     Disconnected(MediaParticipant, String),
+    /// The SFU renegotiates: send this offer to the participant.
+    Offer {
+        participant: MediaParticipant,
+        sdp: String,
+        tracks: Vec<MediaTrack>,
+    },
+    /// The room's dominant speakers changed (most dominant first).
+    DominantSpeakers {
+        call_id: String,
+        speakers: Vec<MediaParticipant>,
+    },
+    /// A participant started or stopped speaking.
+    Speaking {
+        participant: MediaParticipant,
+        speaking: bool,
+    },
+    /// `subscriber` cannot receive a track of `publisher` in codec `codec`.
+    CodecUnsupported {
+        subscriber: MediaParticipant,
+        publisher: MediaParticipant,
+        source: String,
+        codec: String,
+    },
 }
 
 /// Commands to the hub.
@@ -127,13 +183,13 @@ pub enum HubCommand {
     },
     /// Internal: ring timer fired.
     RingTimeout { call_id: String },
-    /// Internal: a media offer finished.
-    OfferDone {
+    /// Internal: a media offer or answer finished (`Ok(None)` for answers).
+    MediaDone {
         conn: ConnId,
         id: RequestId,
         call_id: String,
         participant: MediaParticipant,
-        result: Result<String, String>,
+        result: Result<Option<String>, MediaFailure>,
     },
 }
 
@@ -174,6 +230,8 @@ impl Hub {
             conns: HashMap::new(),
             by_identity: HashMap::new(),
             calls: HashMap::new(),
+            groups: HashMap::new(),
+            participants: HashMap::new(),
             next_participant: 1,
         };
         tokio::spawn(state.run(rx));
@@ -211,6 +269,10 @@ struct Leg {
     display_name: Option<String>,
     participant: MediaParticipant,
     muted: bool,
+    speaking: bool,
+    /// A client offer is with the SFU: server offers wait until its answer went out (else the client sees glare).
+    offer_in_flight: bool,
+    deferred_offer: Option<ServerMessage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,20 +282,39 @@ enum Phase {
 }
 
 #[derive(Debug)]
+enum Kind {
+    /// A 1:1 call: the caller's leg first, the callee's after `accept`.
+    OneToOne {
+        callee_identity: String,
+        phase: Phase,
+    },
+    /// A group call by group id; `organizer` (the first joiner) may end it for everyone.
+    Group { group_id: String, organizer: String },
+}
+
+#[derive(Debug)]
 struct Call {
-    caller: Leg,
-    callee_identity: String,
-    callee: Option<Leg>,
-    phase: Phase,
+    kind: Kind,
+    legs: Vec<Leg>,
 }
 
 impl Call {
-    fn legs(&self) -> impl Iterator<Item = &Leg> {
-        std::iter::once(&self.caller).chain(self.callee.as_ref())
+    fn leg_of(&self, conn: ConnId) -> Option<&Leg> {
+        self.legs.iter().find(|l| l.conn == conn)
     }
 
-    fn leg_of(&self, conn: ConnId) -> Option<&Leg> {
-        self.legs().find(|l| l.conn == conn)
+    fn leg_mut(&mut self, conn: ConnId) -> Option<&mut Leg> {
+        self.legs.iter_mut().find(|l| l.conn == conn)
+    }
+
+    fn ringing(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::OneToOne {
+                phase: Phase::Ringing,
+                ..
+            }
+        )
     }
 }
 
@@ -244,6 +325,10 @@ struct HubState {
     conns: HashMap<ConnId, Conn>,
     by_identity: HashMap<String, HashSet<ConnId>>,
     calls: HashMap<String, Call>,
+    /// Group id -> call id.
+    groups: HashMap<String, String>,
+    /// Media participant -> (call id, connection).
+    participants: HashMap<MediaParticipant, (String, ConnId)>,
     next_participant: MediaParticipant,
 }
 
@@ -252,6 +337,9 @@ mod reason {
     use super::EndReason;
     pub fn normal(msg: &str) -> EndReason {
         EndReason::new(0, 0, msg)
+    }
+    pub fn ended_for_everyone() -> EndReason {
+        EndReason::new(0, 5001, "call ended for everyone")
     }
     pub fn answered_elsewhere() -> EndReason {
         EndReason::new(0, 5003, "answered on another device")
@@ -274,6 +362,14 @@ mod reason {
     pub fn declined() -> EndReason {
         EndReason::new(603, 0, "call declined")
     }
+}
+
+fn not_in_call(id: RequestId, call_id: &str) -> ServerMessage {
+    ServerMessage::fail(
+        id,
+        "CallNotFound",
+        format!("no call {call_id} on this connection"),
+    )
 }
 
 impl HubState {
@@ -325,45 +421,69 @@ impl HubState {
                 let _ = reply.send(self.by_identity.keys().cloned().collect());
             }
             HubCommand::RingTimeout { call_id } => {
-                if self
-                    .calls
-                    .get(&call_id)
-                    .is_some_and(|c| c.phase == Phase::Ringing)
-                {
+                if self.calls.get(&call_id).is_some_and(Call::ringing) {
                     self.end_ringing(&call_id, reason::timeout(), reason::timeout(), None);
                 }
             }
-            HubCommand::OfferDone {
+            HubCommand::MediaDone {
                 conn,
                 id,
                 call_id,
                 participant,
                 result,
-            } => {
-                let live = self
-                    .calls
-                    .get(&call_id)
-                    .and_then(|c| c.leg_of(conn))
-                    .is_some_and(|l| l.participant == participant);
-                if !live {
-                    // The call ended while the SFU answered: free what the offer created.
-                    self.media.remove(participant);
-                    self.send(
-                        conn,
-                        ServerMessage::fail(
-                            id,
-                            "CallNotFound",
-                            format!("call {call_id} has ended"),
-                        ),
-                    );
-                    return;
-                }
-                let msg = match result {
-                    Ok(sdp) => ServerMessage::ok(id, json!({ "type": "answer", "sdp": sdp })),
-                    Err(e) => ServerMessage::fail(id, "BadSdp", sanitize_sdp_error(&e)),
-                };
-                self.send(conn, msg);
+            } => self.media_done(conn, id, call_id, participant, result),
+        }
+    }
+
+    fn media_done(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        call_id: String,
+        participant: MediaParticipant,
+        result: Result<Option<String>, MediaFailure>,
+    ) {
+        let live = self
+            .calls
+            .get(&call_id)
+            .and_then(|c| c.leg_of(conn))
+            .is_some_and(|l| l.participant == participant);
+        if !live {
+            // The call ended while the SFU worked: free what the offer may have created.
+            self.media.remove(participant);
+            self.send(
+                conn,
+                ServerMessage::fail(id, "CallNotFound", format!("call {call_id} has ended")),
+            );
+            return;
+        }
+        let msg = match result {
+            Ok(Some(sdp)) => ServerMessage::ok(id, json!({ "type": "answer", "sdp": sdp })),
+            Ok(None) => ServerMessage::ok(id, json!({})),
+            Err(MediaFailure::Glare) => ServerMessage::fail(
+                id,
+                "Glare",
+                "the server has an offer outstanding on this call: answer it, then offer again",
+            ),
+            Err(MediaFailure::NoPendingOffer) => {
+                ServerMessage::fail(id, "NoPendingOffer", "there is no server offer to answer")
             }
+            Err(MediaFailure::BadSdp(e)) => {
+                ServerMessage::fail(id, "BadSdp", sanitize_sdp_error(&e))
+            }
+            Err(MediaFailure::Unavailable(e)) => ServerMessage::fail(id, "MediaUnavailable", e),
+        };
+        self.send(conn, msg);
+        let deferred = self
+            .calls
+            .get_mut(&call_id)
+            .and_then(|c| c.leg_mut(conn))
+            .and_then(|leg| {
+                leg.offer_in_flight = false;
+                leg.deferred_offer.take()
+            });
+        if let Some(offer) = deferred {
+            self.send(conn, offer);
         }
     }
 
@@ -402,6 +522,14 @@ impl HubState {
         v
     }
 
+    fn identity_of(&self, participant: MediaParticipant) -> Option<String> {
+        let (call_id, conn) = self.participants.get(&participant)?;
+        self.calls
+            .get(call_id)?
+            .leg_of(*conn)
+            .map(|l| l.identity.clone())
+    }
+
     /// Calls the connection is a leg of or is ringing out from.
     fn calls_of(&self, conn: ConnId) -> usize {
         self.calls
@@ -410,22 +538,29 @@ impl HubState {
             .count()
     }
 
-    fn new_participant(&mut self) -> MediaParticipant {
-        let p = self.next_participant;
-        self.next_participant += 1;
-        p
-    }
-
-    fn leg(&mut self, conn: ConnId) -> Option<Leg> {
+    /// A new leg for `conn` in `call_id`, with a fresh media participant.
+    fn leg(&mut self, conn: ConnId, call_id: &str) -> Option<Leg> {
         let c = self.conns.get(&conn)?;
         let (identity, display_name) = (c.identity.clone(), c.display_name.clone());
+        let participant = self.next_participant;
+        self.next_participant += 1;
+        self.participants
+            .insert(participant, (call_id.to_string(), conn));
         Some(Leg {
             conn,
             identity,
             display_name,
-            participant: self.new_participant(),
+            participant,
             muted: false,
+            speaking: false,
+            offer_in_flight: false,
+            deferred_offer: None,
         })
+    }
+
+    fn free_leg(&mut self, leg: &Leg) {
+        self.media.remove(leg.participant);
+        self.participants.remove(&leg.participant);
     }
 
     fn client(&mut self, conn: ConnId, msg: ClientMessage) {
@@ -433,10 +568,21 @@ impl HubState {
             ClientMessage::StartCall { id, targets, video } => {
                 self.start_call(conn, id, targets, video)
             }
+            ClientMessage::Join { id, group_id, .. } => self.join(conn, id, group_id),
             ClientMessage::Accept { id, call_id } => self.accept(conn, id, &call_id),
             ClientMessage::Reject { id, call_id } => self.reject(conn, id, &call_id),
-            ClientMessage::HangUp { id, call_id, .. } => self.hang_up(conn, id, &call_id),
-            ClientMessage::Offer { id, call_id, sdp } => self.offer(conn, id, call_id, sdp),
+            ClientMessage::HangUp {
+                id,
+                call_id,
+                for_everyone,
+            } => self.hang_up(conn, id, &call_id, for_everyone),
+            ClientMessage::Offer {
+                id,
+                call_id,
+                sdp,
+                tracks,
+            } => self.offer(conn, id, call_id, sdp, tracks),
+            ClientMessage::Answer { id, call_id, sdp } => self.answer(conn, id, call_id, sdp),
             ClientMessage::Mute { id, call_id } => self.set_muted(conn, id, &call_id, true),
             ClientMessage::Unmute { id, call_id } => self.set_muted(conn, id, &call_id, false),
             ClientMessage::IceCandidate { call_id, candidate } => {
@@ -459,51 +605,46 @@ impl HubState {
         }
     }
 
+    fn too_many_calls(&self, conn: ConnId, id: &RequestId) -> bool {
+        if self.calls_of(conn) < MAX_CALLS_PER_CONNECTION {
+            return false;
+        }
+        let msg = format!(
+            "a connection may take part in at most {MAX_CALLS_PER_CONNECTION} calls at once"
+        );
+        self.send(conn, ServerMessage::fail(id.clone(), "TooManyCalls", msg));
+        true
+    }
+
     fn start_call(&mut self, conn: ConnId, id: RequestId, targets: Vec<Target>, video: bool) {
         let [target] = targets.as_slice() else {
             let n = targets.len();
-            return self.send(
-                conn,
-                ServerMessage::fail(
-                    id,
-                    "BadTarget",
-                    format!("a 1:1 call needs exactly one target, got {n}"),
-                ),
-            );
+            let msg = format!("a 1:1 call needs exactly one target, got {n}");
+            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
         };
         let callee = target.communication_user_id.clone();
         if !is_communication_user_id(&callee) {
-            return self.send(
-                conn,
-                ServerMessage::fail(
-                    id,
-                    "BadTarget",
-                    "target is not a communication user id (8:acs:{resourceId}_{uuid})",
-                ),
-            );
+            let msg = "target is not a communication user id (8:acs:{resourceId}_{uuid})";
+            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
         }
-        if self.calls_of(conn) >= MAX_CALLS_PER_CONNECTION {
-            return self.send(
-                conn,
-                ServerMessage::fail(
-                    id,
-                    "TooManyCalls",
-                    format!("a connection may take part in at most {MAX_CALLS_PER_CONNECTION} calls at once"),
-                ),
-            );
+        if self.too_many_calls(conn, &id) {
+            return;
         }
-        let Some(caller) = self.leg(conn) else { return };
-        if caller.identity == callee {
+        if self.conns.get(&conn).is_some_and(|c| c.identity == callee) {
             return self.send(
                 conn,
                 ServerMessage::fail(id, "SelfCall", "an identity cannot call itself"),
             );
         }
         let call_id = uuid::Uuid::new_v4().to_string();
+        let Some(caller) = self.leg(conn, &call_id) else {
+            return;
+        };
         self.send(conn, ServerMessage::ok(id, json!({ "callId": call_id })));
         self.send_state(conn, &call_id, "Connecting", None);
         let callee_conns = self.identity_conns(&callee);
         if callee_conns.is_empty() {
+            self.free_leg(&caller);
             self.send_state(conn, &call_id, "Disconnected", Some(reason::offline()));
             return;
         }
@@ -522,16 +663,19 @@ impl HubState {
         }
         self.send_state(conn, &call_id, "Ringing", None);
         tracing::info!(call_id, caller = %caller.identity, callee = %callee, "call ringing");
-        metrics::counter!("switchboard_calls_started_total").increment(1);
+        metrics::counter!("switchboard_calls_started_total", "kind" => "1:1").increment(1);
+        let kind = Kind::OneToOne {
+            callee_identity: callee,
+            phase: Phase::Ringing,
+        };
         self.calls.insert(
             call_id.clone(),
             Call {
-                caller,
-                callee_identity: callee,
-                callee: None,
-                phase: Phase::Ringing,
+                kind,
+                legs: vec![caller],
             },
         );
+        self.update_gauges();
         if let Some(tx) = self.tx.upgrade() {
             let ring = self.config.ring_timeout;
             tokio::spawn(async move {
@@ -541,12 +685,75 @@ impl HubState {
         }
     }
 
+    fn join(&mut self, conn: ConnId, id: RequestId, group_id: String) {
+        let Ok(parsed) = uuid::Uuid::parse_str(&group_id) else {
+            return self.send(
+                conn,
+                ServerMessage::fail(id, "BadGroupId", "groupId must be a UUID"),
+            );
+        };
+        let group_id = parsed.hyphenated().to_string();
+        let existing = self.groups.get(&group_id).cloned();
+        if existing
+            .as_ref()
+            .and_then(|c| self.calls.get(c))
+            .is_some_and(|c| c.leg_of(conn).is_some())
+        {
+            let msg = "this connection is in that group call already";
+            return self.send(conn, ServerMessage::fail(id, "AlreadyJoined", msg));
+        }
+        if self.too_many_calls(conn, &id) {
+            return;
+        }
+        let call_id = existing.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let Some(leg) = self.leg(conn, &call_id) else {
+            return;
+        };
+        let call = self.calls.entry(call_id.clone()).or_insert_with(|| {
+            metrics::counter!("switchboard_calls_started_total", "kind" => "group").increment(1);
+            Call {
+                kind: Kind::Group {
+                    group_id: group_id.clone(),
+                    organizer: leg.identity.clone(),
+                },
+                legs: Vec::new(),
+            }
+        });
+        self.groups.insert(group_id.clone(), call_id.clone());
+        let others: Vec<ParticipantInfo> = call.legs.iter().map(|l| info(l, "Connected")).collect();
+        let other_conns: Vec<ConnId> = call.legs.iter().map(|l| l.conn).collect();
+        let me = info(&leg, "Connected");
+        call.legs.push(leg);
+        self.send(
+            conn,
+            ServerMessage::ok(id, json!({ "callId": call_id, "participants": others })),
+        );
+        self.send_state(conn, &call_id, "Connected", None);
+        for o in other_conns {
+            self.send(
+                o,
+                participants_updated(&call_id, vec![me.clone()], vec![], vec![]),
+            );
+        }
+        tracing::info!(call_id, group_id, "joined group call");
+        self.update_gauges();
+    }
+
     /// The call if `conn` may answer it (its identity is the callee) and it still rings.
     fn ringing_for(&self, conn: ConnId, call_id: &str) -> Result<&Call, (&'static str, String)> {
         let identity = self.conns.get(&conn).map(|c| c.identity.as_str());
         match self.calls.get(call_id) {
-            Some(call) if Some(call.callee_identity.as_str()) == identity => {
-                if call.phase == Phase::Ringing {
+            Some(
+                call @ Call {
+                    kind:
+                        Kind::OneToOne {
+                            callee_identity,
+                            phase,
+                        },
+                    ..
+                },
+            ) if Some(callee_identity.as_str()) == identity => {
+                if *phase == Phase::Ringing {
                     Ok(call)
                 } else {
                     Err((
@@ -566,22 +773,35 @@ impl HubState {
         if let Err((code, msg)) = self.ringing_for(conn, call_id) {
             return self.send(conn, ServerMessage::fail(id, code, msg));
         }
-        let Some(callee) = self.leg(conn) else { return };
+        if self.too_many_calls(conn, &id) {
+            return;
+        }
+        let Some(callee) = self.leg(conn, call_id) else {
+            return;
+        };
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        call.callee = Some(callee.clone());
-        call.phase = Phase::Connected;
-        let caller = call.caller.clone();
-        let callee_identity = call.callee_identity.clone();
+        let Kind::OneToOne {
+            callee_identity,
+            phase,
+        } = &mut call.kind
+        else {
+            return;
+        };
+        *phase = Phase::Connected;
+        let callee_identity = callee_identity.clone();
+        let caller = call.legs[0].clone();
+        call.legs.push(callee.clone());
         self.send(conn, ServerMessage::ok(id, json!({})));
         for other in self.identity_conns(&callee_identity) {
             if other != conn {
+                let end_reason = reason::answered_elsewhere();
                 self.send(
                     other,
                     ServerMessage::IncomingCallEnded {
                         call_id: call_id.into(),
-                        end_reason: reason::answered_elsewhere(),
+                        end_reason,
                     },
                 );
             }
@@ -590,15 +810,11 @@ impl HubState {
             self.send_state(me.conn, call_id, "Connected", None);
             self.send(
                 me.conn,
-                ServerMessage::ParticipantsUpdated {
-                    call_id: call_id.into(),
-                    added: vec![info(them, "Connected")],
-                    removed: vec![],
-                    updated: vec![],
-                },
+                participants_updated(call_id, vec![info(them, "Connected")], vec![], vec![]),
             );
         }
         tracing::info!(call_id, "call connected");
+        self.update_gauges();
     }
 
     fn reject(&mut self, conn: ConnId, id: RequestId, call_id: &str) {
@@ -609,70 +825,112 @@ impl HubState {
         self.end_ringing(call_id, reason::declined(), reason::declined(), Some(conn));
     }
 
-    fn hang_up(&mut self, conn: ConnId, id: RequestId, call_id: &str) {
+    fn hang_up(&mut self, conn: ConnId, id: RequestId, call_id: &str, for_everyone: bool) {
         let Some(call) = self.calls.get(call_id) else {
-            return self.send(
-                conn,
-                ServerMessage::fail(
-                    id,
-                    "CallNotFound",
-                    format!("no call {call_id} on this connection"),
-                ),
-            );
+            return self.send(conn, not_in_call(id, call_id));
         };
         if call.leg_of(conn).is_none() {
-            let msg = if call.callee.is_none() && self.ringing_for(conn, call_id).is_ok() {
+            let msg = if self.ringing_for(conn, call_id).is_ok() {
                 "an incoming call is declined with reject, not hangUp"
             } else {
                 "this connection is not in the call"
             };
             return self.send(conn, ServerMessage::fail(id, "InvalidState", msg));
         }
-        self.send(conn, ServerMessage::ok(id, json!({})));
-        match call.phase {
-            Phase::Ringing => self.end_ringing(
-                call_id,
-                reason::cancelled("call cancelled"),
-                reason::cancelled("caller hung up"),
-                None,
-            ),
-            Phase::Connected => self.end_connected(
-                call_id,
-                conn,
-                reason::normal("call ended"),
-                reason::normal("remote participant hung up"),
-            ),
+        match &call.kind {
+            Kind::OneToOne {
+                phase: Phase::Ringing,
+                ..
+            } => {
+                self.send(conn, ServerMessage::ok(id, json!({})));
+                self.end_ringing(
+                    call_id,
+                    reason::cancelled("call cancelled"),
+                    reason::cancelled("caller hung up"),
+                    None,
+                )
+            }
+            Kind::OneToOne {
+                phase: Phase::Connected,
+                ..
+            } => {
+                self.send(conn, ServerMessage::ok(id, json!({})));
+                let (to_self, to_peer) = (
+                    reason::normal("call ended"),
+                    reason::normal("remote participant hung up"),
+                );
+                self.end_call(call_id, Some(conn), to_self, to_peer);
+            }
+            Kind::Group { organizer, .. } if for_everyone => {
+                let me = self.conns.get(&conn).map(|c| c.identity.as_str());
+                if me != Some(organizer.as_str()) {
+                    let msg = "only the organizer (first joiner) may end a group call for everyone";
+                    return self.send(conn, ServerMessage::fail(id, "Forbidden", msg));
+                }
+                self.send(conn, ServerMessage::ok(id, json!({})));
+                self.end_call(
+                    call_id,
+                    Some(conn),
+                    reason::ended_for_everyone(),
+                    reason::ended_for_everyone(),
+                );
+            }
+            Kind::Group { .. } => {
+                self.send(conn, ServerMessage::ok(id, json!({})));
+                self.leave_group(call_id, conn, Some(reason::normal("left the call")));
+            }
         }
     }
 
-    fn offer(&mut self, conn: ConnId, id: RequestId, call_id: String, sdp: String) {
-        let Some(leg) = self.calls.get(&call_id).and_then(|c| c.leg_of(conn)) else {
-            return self.send(
-                conn,
-                ServerMessage::fail(
-                    id,
-                    "CallNotFound",
-                    format!("no call {call_id} on this connection"),
-                ),
-            );
+    fn offer(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        call_id: String,
+        sdp: String,
+        tracks: Vec<TrackSpec>,
+    ) {
+        let Some(leg) = self.calls.get_mut(&call_id).and_then(|c| c.leg_mut(conn)) else {
+            return self.send(conn, not_in_call(id, &call_id));
         };
-        let participant = leg.participant;
         let m_lines = sdp.lines().filter(|l| l.starts_with("m=")).count();
         if m_lines > MAX_M_LINES {
-            return self.send(
-                conn,
-                ServerMessage::fail(
-                    id,
-                    "BadSdp",
-                    format!("an offer may have at most {MAX_M_LINES} m-lines, got {m_lines}"),
-                ),
-            );
+            let msg = format!("an offer may have at most {MAX_M_LINES} m-lines, got {m_lines}");
+            return self.send(conn, ServerMessage::fail(id, "BadSdp", msg));
         }
-        let fut = self.media.offer(call_id.clone(), participant, sdp);
+        leg.offer_in_flight = true;
+        let (participant, label) = (leg.participant, leg.identity.clone());
+        let fut = self
+            .media
+            .offer(call_id.clone(), participant, label, sdp, tracks);
+        self.spawn_media(conn, id, call_id, participant, async move {
+            fut.await.map(Some)
+        });
+    }
+
+    fn answer(&mut self, conn: ConnId, id: RequestId, call_id: String, sdp: String) {
+        let Some(leg) = self.calls.get(&call_id).and_then(|c| c.leg_of(conn)) else {
+            return self.send(conn, not_in_call(id, &call_id));
+        };
+        let participant = leg.participant;
+        let fut = self.media.answer(participant, sdp);
+        self.spawn_media(conn, id, call_id, participant, async move {
+            fut.await.map(|()| None)
+        });
+    }
+
+    fn spawn_media(
+        &self,
+        conn: ConnId,
+        id: RequestId,
+        call_id: String,
+        participant: MediaParticipant,
+        fut: impl Future<Output = Result<Option<String>, MediaFailure>> + Send + 'static,
+    ) {
         let Some(tx) = self.tx.upgrade() else { return };
         tokio::spawn(async move {
             let result = fut.await;
-            let _ = tx.send(HubCommand::OfferDone {
+            let _ = tx.send(HubCommand::MediaDone {
                 conn,
                 id,
                 call_id,
@@ -684,34 +942,16 @@ impl HubState {
 
     fn set_muted(&mut self, conn: ConnId, id: RequestId, call_id: &str, muted: bool) {
         let Some(call) = self.calls.get_mut(call_id) else {
-            return self.send(
-                conn,
-                ServerMessage::fail(
-                    id,
-                    "CallNotFound",
-                    format!("no call {call_id} on this connection"),
-                ),
-            );
+            return self.send(conn, not_in_call(id, call_id));
         };
-        let leg = if call.caller.conn == conn {
-            Some(&mut call.caller)
-        } else {
-            call.callee.as_mut().filter(|l| l.conn == conn)
-        };
-        let Some(leg) = leg else {
-            return self.send(
-                conn,
-                ServerMessage::fail(
-                    id,
-                    "CallNotFound",
-                    format!("no call {call_id} on this connection"),
-                ),
-            );
+        let Some(leg) = call.leg_mut(conn) else {
+            return self.send(conn, not_in_call(id, call_id));
         };
         leg.muted = muted;
         let me = info(leg, "Connected");
         let others: Vec<ConnId> = call
-            .legs()
+            .legs
+            .iter()
             .filter(|l| l.conn != conn)
             .map(|l| l.conn)
             .collect();
@@ -719,17 +959,12 @@ impl HubState {
         for o in others {
             self.send(
                 o,
-                ServerMessage::ParticipantsUpdated {
-                    call_id: call_id.into(),
-                    added: vec![],
-                    removed: vec![],
-                    updated: vec![me.clone()],
-                },
+                participants_updated(call_id, vec![], vec![], vec![me.clone()]),
             );
         }
     }
 
-    /// Ends a ringing call: the caller gets `to_caller`, the callee's connections (but `except`) `to_callee`.
+    /// Ends a ringing 1:1 call: the caller gets `to_caller`, the callee's connections (but `except`) `to_callee`.
     fn end_ringing(
         &mut self,
         call_id: &str,
@@ -740,20 +975,24 @@ impl HubState {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
-        self.media.remove(call.caller.participant);
-        self.send_state(
-            call.caller.conn,
-            call_id,
-            "Disconnected",
-            Some(to_caller.clone()),
-        );
-        for c in self.identity_conns(&call.callee_identity) {
+        let Kind::OneToOne {
+            callee_identity, ..
+        } = &call.kind
+        else {
+            return;
+        };
+        for leg in &call.legs {
+            self.free_leg(leg);
+            self.send_state(leg.conn, call_id, "Disconnected", Some(to_caller.clone()));
+        }
+        for c in self.identity_conns(callee_identity) {
             if Some(c) != except {
+                let end_reason = to_callee.clone();
                 self.send(
                     c,
                     ServerMessage::IncomingCallEnded {
                         call_id: call_id.into(),
-                        end_reason: to_callee.clone(),
+                        end_reason,
                     },
                 );
             }
@@ -761,16 +1000,26 @@ impl HubState {
         tracing::info!(call_id, code = to_caller.code, "call ended before answer");
         metrics::counter!("switchboard_calls_ended_total", "code" => to_caller.code.to_string())
             .increment(1);
+        self.update_gauges();
     }
 
-    /// Ends a connected call: `by` gets `to_self`, the other leg `to_peer`.
-    fn end_connected(&mut self, call_id: &str, by: ConnId, to_self: EndReason, to_peer: EndReason) {
+    /// Ends a call for every leg: `by` gets `to_self`, the others `to_peer`.
+    fn end_call(
+        &mut self,
+        call_id: &str,
+        by: Option<ConnId>,
+        to_self: EndReason,
+        to_peer: EndReason,
+    ) {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
-        for leg in call.legs() {
-            self.media.remove(leg.participant);
-            let r = if leg.conn == by {
+        if let Kind::Group { group_id, .. } = &call.kind {
+            self.groups.remove(group_id);
+        }
+        for leg in &call.legs {
+            self.free_leg(leg);
+            let r = if Some(leg.conn) == by {
                 to_self.clone()
             } else {
                 to_peer.clone()
@@ -785,6 +1034,39 @@ impl HubState {
         );
         metrics::counter!("switchboard_calls_ended_total", "code" => to_peer.code.to_string())
             .increment(1);
+        self.update_gauges();
+    }
+
+    /// Removes `conn`'s leg from a group call; it gets `to_leaver` (None when its socket is gone), the others
+    /// `participantsUpdated` with it removed. The call ends when nobody is left.
+    fn leave_group(&mut self, call_id: &str, conn: ConnId, to_leaver: Option<EndReason>) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(pos) = call.legs.iter().position(|l| l.conn == conn) else {
+            return;
+        };
+        let leg = call.legs.remove(pos);
+        let others: Vec<ConnId> = call.legs.iter().map(|l| l.conn).collect();
+        let empty = call.legs.is_empty();
+        self.free_leg(&leg);
+        if let Some(r) = to_leaver {
+            self.send_state(conn, call_id, "Disconnected", Some(r));
+        }
+        let gone = info(&leg, "Disconnected");
+        for o in others {
+            self.send(
+                o,
+                participants_updated(call_id, vec![], vec![gone.clone()], vec![]),
+            );
+        }
+        if empty && let Some(call) = self.calls.remove(call_id) {
+            if let Kind::Group { group_id, .. } = call.kind {
+                self.groups.remove(&group_id);
+            }
+            tracing::info!(call_id, "group call ended: nobody left");
+        }
+        self.update_gauges();
     }
 
     fn unregister(&mut self, conn: ConnId) {
@@ -798,31 +1080,62 @@ impl HubState {
             }
         }
         let callee_gone = !self.by_identity.contains_key(&c.identity);
-        let affected: Vec<(String, Phase, bool)> = self
+        let affected: Vec<String> = self
             .calls
             .iter()
-            .filter_map(|(id, call)| {
-                let is_leg = call.leg_of(conn).is_some();
-                let is_pending_callee =
-                    call.phase == Phase::Ringing && call.callee_identity == c.identity;
-                (is_leg || is_pending_callee).then(|| (id.clone(), call.phase, is_leg))
+            .filter(|(_, call)| {
+                call.leg_of(conn).is_some()
+                    || matches!(&call.kind, Kind::OneToOne { callee_identity, phase: Phase::Ringing } if *callee_identity == c.identity)
             })
+            .map(|(id, _)| id.clone())
             .collect();
-        for (call_id, phase, is_leg) in affected {
-            match (phase, is_leg) {
-                (Phase::Ringing, true) => self.end_ringing(
+        for call_id in affected {
+            let Some(call) = self.calls.get(&call_id) else {
+                continue;
+            };
+            let is_leg = call.leg_of(conn).is_some();
+            match (&call.kind, is_leg) {
+                (
+                    Kind::OneToOne {
+                        phase: Phase::Ringing,
+                        ..
+                    },
+                    true,
+                ) => self.end_ringing(
                     &call_id,
                     reason::cancelled("connection closed"),
                     reason::cancelled("caller disconnected"),
                     None,
                 ),
-                (Phase::Ringing, false) if callee_gone => {
+                (
+                    Kind::OneToOne {
+                        phase: Phase::Ringing,
+                        ..
+                    },
+                    false,
+                ) if callee_gone => {
                     self.end_ringing(&call_id, reason::offline(), reason::offline(), None)
                 }
-                (Phase::Ringing, false) => {}
-                (Phase::Connected, _) => {
-                    self.end_connected(&call_id, conn, reason::peer_lost(), reason::peer_lost())
-                }
+                (
+                    Kind::OneToOne {
+                        phase: Phase::Ringing,
+                        ..
+                    },
+                    false,
+                ) => {}
+                (
+                    Kind::OneToOne {
+                        phase: Phase::Connected,
+                        ..
+                    },
+                    _,
+                ) => self.end_call(
+                    &call_id,
+                    Some(conn),
+                    reason::peer_lost(),
+                    reason::peer_lost(),
+                ),
+                (Kind::Group { .. }, _) => self.leave_group(&call_id, conn, None),
             }
         }
     }
@@ -831,30 +1144,156 @@ impl HubState {
         match notice {
             MediaNotice::Connected(p) => tracing::debug!(participant = p, "media connected"),
             MediaNotice::Disconnected(p, why) => {
-                let found = self.calls.iter().find_map(|(id, call)| {
-                    call.legs()
-                        .find(|l| l.participant == p)
-                        .map(|l| (id.clone(), l.conn, call.phase))
-                });
-                if let Some((call_id, conn, phase)) = found {
-                    tracing::info!(call_id, participant = p, reason = %why, "media lost, ending call");
-                    match phase {
-                        Phase::Connected => self.end_connected(
-                            &call_id,
-                            conn,
-                            reason::media_lost(),
-                            reason::media_lost(),
-                        ),
-                        Phase::Ringing => self.end_ringing(
-                            &call_id,
-                            reason::media_lost(),
-                            reason::cancelled("caller media lost"),
-                            None,
-                        ),
+                let Some((call_id, conn)) = self.participants.get(&p).cloned() else {
+                    return;
+                };
+                let Some(call) = self.calls.get(&call_id) else {
+                    return;
+                };
+                tracing::info!(call_id, participant = p, reason = %why, "media lost");
+                match call.kind {
+                    Kind::OneToOne {
+                        phase: Phase::Connected,
+                        ..
+                    } => self.end_call(
+                        &call_id,
+                        Some(conn),
+                        reason::media_lost(),
+                        reason::media_lost(),
+                    ),
+                    Kind::OneToOne {
+                        phase: Phase::Ringing,
+                        ..
+                    } => self.end_ringing(
+                        &call_id,
+                        reason::media_lost(),
+                        reason::cancelled("caller media lost"),
+                        None,
+                    ),
+                    Kind::Group { .. } => {
+                        self.leave_group(&call_id, conn, Some(reason::media_lost()))
                     }
                 }
             }
+            MediaNotice::Offer {
+                participant,
+                sdp,
+                tracks,
+            } => {
+                let Some((call_id, conn)) = self.participants.get(&participant).cloned() else {
+                    return;
+                };
+                let tracks = tracks
+                    .into_iter()
+                    .filter_map(|t| {
+                        Some(OutTrackInfo {
+                            mid: t.mid,
+                            communication_user_id: self.identity_of(t.publisher)?,
+                            source: t.source,
+                        })
+                    })
+                    .collect();
+                let msg = ServerMessage::Offer {
+                    call_id: call_id.clone(),
+                    sdp,
+                    tracks,
+                };
+                let Some(leg) = self.calls.get_mut(&call_id).and_then(|c| c.leg_mut(conn)) else {
+                    return;
+                };
+                if leg.offer_in_flight {
+                    leg.deferred_offer = Some(msg);
+                } else {
+                    self.send(conn, msg);
+                }
+            }
+            MediaNotice::DominantSpeakers { call_id, speakers } => {
+                let Some(call) = self.calls.get(&call_id) else {
+                    return;
+                };
+                let ids: Vec<String> = speakers
+                    .iter()
+                    .filter_map(|p| self.identity_of(*p))
+                    .collect();
+                for leg in &call.legs {
+                    let msg = ServerMessage::DominantSpeakersChanged {
+                        call_id: call_id.clone(),
+                        speakers: ids.clone(),
+                    };
+                    self.send(leg.conn, msg);
+                }
+            }
+            MediaNotice::Speaking {
+                participant,
+                speaking,
+            } => {
+                let Some((call_id, conn)) = self.participants.get(&participant).cloned() else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    return;
+                };
+                let Some(leg) = call.leg_mut(conn) else {
+                    return;
+                };
+                leg.speaking = speaking;
+                let me = info(leg, "Connected");
+                let others: Vec<ConnId> = call
+                    .legs
+                    .iter()
+                    .filter(|l| l.conn != conn)
+                    .map(|l| l.conn)
+                    .collect();
+                for o in others {
+                    self.send(
+                        o,
+                        participants_updated(&call_id, vec![], vec![], vec![me.clone()]),
+                    );
+                }
+            }
+            MediaNotice::CodecUnsupported {
+                subscriber,
+                publisher,
+                source,
+                codec,
+            } => {
+                let Some((call_id, conn)) = self.participants.get(&subscriber).cloned() else {
+                    return;
+                };
+                let who = self.identity_of(publisher).unwrap_or_default();
+                let message = format!(
+                    "this client cannot receive the {source} track of {who}: codec {codec} is not supported here"
+                );
+                let error = json!({ "code": "CodecUnsupported", "message": message });
+                self.send(
+                    conn,
+                    ServerMessage::Error {
+                        call_id: Some(call_id),
+                        error,
+                    },
+                );
+            }
         }
+    }
+
+    fn update_gauges(&self) {
+        metrics::gauge!("switchboard_calls").set(self.calls.len() as f64);
+        let legs: usize = self.calls.values().map(|c| c.legs.len()).sum();
+        metrics::gauge!("switchboard_call_participants").set(legs as f64);
+    }
+}
+
+fn participants_updated(
+    call_id: &str,
+    added: Vec<ParticipantInfo>,
+    removed: Vec<ParticipantInfo>,
+    updated: Vec<ParticipantInfo>,
+) -> ServerMessage {
+    ServerMessage::ParticipantsUpdated {
+        call_id: call_id.to_string(),
+        added,
+        removed,
+        updated,
     }
 }
 
@@ -895,5 +1334,6 @@ fn info(leg: &Leg, state: &str) -> ParticipantInfo {
         display_name: leg.display_name.clone(),
         state: state.to_string(),
         is_muted: leg.muted,
+        is_speaking: leg.speaking,
     }
 }

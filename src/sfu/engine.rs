@@ -7,17 +7,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::change::SdpOffer;
-use str0m::media::{KeyframeRequest, MediaData, MediaKind};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{KeyframeRequest, KeyframeRequestKind, MediaData};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Input, Rtc};
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::candidate::parse_remote_candidate;
 use super::error::SfuError;
 use super::install_crypto_provider;
-use super::participant::{Outbox, Participant, Source, Work};
-use super::types::{ParticipantId, SfuConfig, SfuEvent, SfuStats, Transmit};
+use super::participant::{Outbox, Participant, Published, TrackRef, Work, WriteOutcome};
+use super::speaker::{SpeakerDetector, SpeakingChange};
+use super::types::{ParticipantId, SfuConfig, SfuEvent, SfuStats, TrackSource, Transmit};
 
 /// How long a participant may take from its first offer to ICE `connected` before it is dropped with
 /// [`SfuEvent::Disconnected`]. An ICE-lite agent never gives up by itself while it has seen no
@@ -30,6 +31,30 @@ const MAX_QUEUED_CANDIDATES: usize = 64;
 /// Most participants with candidates queued before their offer.
 const MAX_QUEUED_PARTICIPANTS: usize = 4096;
 
+/// How long the SFU keeps trying to get a keyframe for a newly writable subscriber m-line (the
+/// publisher's throttle may hold the request back, or its stream may not have started yet).
+const KEYFRAME_WANT_TTL: Duration = Duration::from_secs(3);
+
+/// Pause between two attempts of a wanted keyframe request.
+const KEYFRAME_WANT_RETRY: Duration = Duration::from_millis(100);
+
+/// The members of a room and their speaker state. A room exists while it has a member.
+#[derive(Debug, Default)]
+struct Room {
+    /// In join order.
+    members: Vec<ParticipantId>,
+    speakers: SpeakerDetector,
+}
+
+/// A keyframe the SFU wants from a publisher track because a subscriber m-line for it became
+/// writable.
+#[derive(Debug, Clone, Copy)]
+struct KeyframeWant {
+    track: TrackRef,
+    retry_at: Instant,
+    expires: Instant,
+}
+
 /// The media core: one str0m `Rtc` per participant, grouped in rooms.
 ///
 /// Sans-IO: every method that needs the time takes `now`; the caller sends what
@@ -38,13 +63,18 @@ const MAX_QUEUED_PARTICIPANTS: usize = 4096;
 pub struct Sfu {
     local_candidates: Vec<Candidate>,
     participants: HashMap<ParticipantId, Participant>,
-    /// Members of each room in join order; a room exists while it has a member.
-    rooms: HashMap<Arc<str>, Vec<ParticipantId>>,
+    rooms: HashMap<Arc<str>, Room>,
+    /// Rooms whose subscriptions must be reconciled (membership or published tracks changed, or
+    /// an answer made room for the next server offer).
+    dirty_rooms: Vec<Arc<str>>,
+    keyframe_wants: Vec<KeyframeWant>,
     /// Candidates trickled before the participant's first offer.
     queued_candidates: HashMap<ParticipantId, Vec<Candidate>>,
     /// Which participant accepted the last datagram from each remote address: the fast path of
     /// demultiplexing.
     by_source: HashMap<SocketAddr, ParticipantId>,
+    /// Latest `now` given to any method (`None` before the first).
+    last_now: Option<Instant>,
     out: Outbox,
 }
 
@@ -82,8 +112,11 @@ impl Sfu {
             local_candidates,
             participants: HashMap::new(),
             rooms: HashMap::new(),
+            dirty_rooms: Vec::new(),
+            keyframe_wants: Vec::new(),
             queued_candidates: HashMap::new(),
             by_source: HashMap::new(),
+            last_now: None,
             out: Outbox::default(),
         }
     }
@@ -105,6 +138,23 @@ impl Sfu {
         self.out.stats
     }
 
+    /// Number of published tracks (each a client -> server m-line) of live participants.
+    pub fn track_count(&self) -> usize {
+        self.participants
+            .values()
+            .map(|p| p.published().len())
+            .sum()
+    }
+
+    /// Number of server -> client m-lines (subscriptions) of live participants, stopping ones
+    /// excluded.
+    pub fn subscription_count(&self) -> usize {
+        self.participants
+            .values()
+            .map(Participant::subscription_count)
+            .sum()
+    }
+
     /// The room `participant` is in, if it is live.
     pub fn room_of(&self, participant: ParticipantId) -> Option<&str> {
         self.participants.get(&participant).map(|p| &**p.room())
@@ -114,32 +164,51 @@ impl Sfu {
 
     /// Answers an SDP offer (RFC 3264, JSEP RFC 8829) from `participant`.
     ///
-    /// On the participant's first offer it joins `room` (created if needed), and candidates trickled
-    /// earlier are applied. A later offer from the same participant renegotiates its session (it must
-    /// name the same room). Returns the SDP answer, which carries the SFU's ICE-lite credentials, DTLS
-    /// fingerprint and host candidates.
+    /// The offer carries the participant's own sending m-lines (`sendonly`; `sendrecv` is taken the
+    /// same, the SFU never sends on them): each is a published track, its source taken from
+    /// `sources` (mid -> source), else the one it had, else audio m-lines are
+    /// [`TrackSource::Audio`], the first video [`TrackSource::Camera`], later video
+    /// [`TrackSource::ScreenShare`]. Other members' tracks reach the participant on m-lines the SFU
+    /// adds by its own offers ([`SfuEvent::Offer`]), never in this answer.
+    ///
+    /// On the participant's first offer it joins `room` (created if needed) under `label` (its
+    /// public id, the `a=msid` stream id of its tracks at subscribers), and candidates trickled
+    /// earlier are applied. A later offer renegotiates (it must name the same room): tracks added,
+    /// stopped, or turned `inactive`/`recvonly` start or stop at every subscriber. Returns the SDP
+    /// answer, which carries the SFU's ICE-lite credentials, DTLS fingerprint and host candidates.
     ///
     /// # Errors
     /// [`SfuError::BadSdp`] if the offer does not parse or is refused (then a new participant is not
-    /// created); [`SfuError::WrongRoom`] if the participant is live in another room.
+    /// created); [`SfuError::WrongRoom`] if the participant is live in another room;
+    /// [`SfuError::Glare`] if a server offer to it is outstanding (nothing changes).
     pub fn handle_offer(
         &mut self,
         now: Instant,
         room: &str,
         participant: ParticipantId,
+        label: &str,
         offer_sdp: &str,
+        sources: &[(String, TrackSource)],
     ) -> Result<String, SfuError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        let answer = if let Some(p) = self.participants.get_mut(&participant) {
+        if let Some(p) = self.participants.get(&participant) {
             if &**p.room() != room {
                 return Err(SfuError::WrongRoom {
                     participant,
                     room: p.room().to_string(),
                 });
             }
-            let answer = p.rtc_mut().sdp_api().accept_offer(offer);
+            if p.has_pending_offer() {
+                return Err(SfuError::Glare);
+            }
+        }
+        let offer =
+            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let answer = if let Some(p) = self.participants.get_mut(&participant) {
+            p.set_label(label);
+            let answer = p.accept_offer(offer, sources);
             p.drain(now, &mut self.out);
+            let room = Arc::clone(p.room());
+            self.mark_dirty(room);
             answer
         } else {
             let room: Arc<str> = self
@@ -149,14 +218,13 @@ impl Sfu {
             let mut p = Participant::new(
                 participant,
                 Arc::clone(&room),
+                label,
                 self.build_rtc(now),
                 now,
                 now + CONNECT_TIMEOUT,
             );
             let answer = p
-                .rtc_mut()
-                .sdp_api()
-                .accept_offer(offer)
+                .accept_offer(offer, sources)
                 .map_err(|e| SfuError::BadSdp(e.to_string()))?;
             for c in self
                 .queued_candidates
@@ -167,14 +235,63 @@ impl Sfu {
             }
             p.drain(now, &mut self.out);
             debug!(%participant, %room, "participant joined");
-            self.rooms.entry(room).or_default().push(participant);
+            self.rooms
+                .entry(Arc::clone(&room))
+                .or_default()
+                .members
+                .push(participant);
             self.participants.insert(participant, p);
+            self.mark_dirty(room);
             Ok(answer)
         };
         self.settle(now);
         answer
             .map(|a| a.to_sdp_string())
             .map_err(|e| SfuError::BadSdp(e.to_string()))
+    }
+
+    /// Accepts `participant`'s answer to the server offer last sent to it ([`SfuEvent::Offer`]).
+    /// The m-lines it added start carrying their tracks (a keyframe is asked of each video
+    /// publisher); changes that waited for the answer go into the next offer.
+    ///
+    /// # Errors
+    /// [`SfuError::UnknownParticipant`]; [`SfuError::NoPendingOffer`] if no server offer is
+    /// outstanding; [`SfuError::BadSdp`] if the answer does not parse (the offer stays outstanding)
+    /// or is refused (the offer is void; a new one follows with its changes).
+    pub fn handle_answer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        answer_sdp: &str,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&participant)
+            .ok_or(SfuError::UnknownParticipant(participant))?;
+        if !p.has_pending_offer() {
+            return Err(SfuError::NoPendingOffer);
+        }
+        let answer =
+            SdpAnswer::from_sdp_string(answer_sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let result = p.accept_answer(answer);
+        p.drain(now, &mut self.out);
+        let room = Arc::clone(p.room());
+        self.mark_dirty(room);
+        let result = match result {
+            Ok(opened) => {
+                for track in opened {
+                    self.want_keyframe(now, track);
+                }
+                Ok(())
+            }
+            Err(None) => Err(SfuError::NoPendingOffer),
+            Err(Some(reason)) => {
+                info!(%participant, %reason, "answer refused; offering again");
+                Err(SfuError::BadSdp(reason))
+            }
+        };
+        self.settle(now);
+        result
     }
 
     /// Adds a remote ICE candidate trickled by `participant` (RFC 8838): a `candidate:...` line with
@@ -215,12 +332,16 @@ impl Sfu {
 
     /// Removes `participant` and frees all its state (its room too when it was the last member). Its
     /// connection is closed (RTCP BYE, DTLS close_notify) so the browser notices at once; no
-    /// [`SfuEvent::Disconnected`] is emitted. Unknown ids are ignored.
+    /// [`SfuEvent::Disconnected`] is emitted. Its tracks are stopped at every subscriber (server
+    /// offers follow). Unknown ids are ignored.
     pub fn remove_participant(&mut self, participant: ParticipantId) {
         self.queued_candidates.remove(&participant);
         if let Some(p) = self.free(participant) {
             debug!(%participant, "participant removed");
             p.shutdown(&mut self.out);
+        }
+        if let Some(now) = self.last_now {
+            self.settle(now);
         }
     }
 
@@ -264,8 +385,16 @@ impl Sfu {
     }
 
     /// Advances the timers of every participant due at `now` (retransmissions, RTCP reports, ICE
-    /// consent, connect timeout). Calling it early or late is harmless.
+    /// consent, connect timeout) and of every room (speaker detection). Calling it early or late is
+    /// harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mut changes = Vec::new();
+        for (name, room) in &mut self.rooms {
+            if room.speakers.poll_timeout().is_some_and(|t| t <= now) {
+                let ranking = room.speakers.tick(now, &mut changes);
+                push_speaker_events(&mut self.out, name, &mut changes, ranking);
+            }
+        }
         let due: Vec<ParticipantId> = self
             .participants
             .iter()
@@ -298,6 +427,12 @@ impl Sfu {
         self.participants
             .values()
             .filter_map(Participant::deadline)
+            .chain(
+                self.rooms
+                    .values()
+                    .filter_map(|r| r.speakers.poll_timeout()),
+            )
+            .chain(self.keyframe_wants.iter().map(|w| w.retry_at))
             .min()
     }
 
@@ -335,43 +470,132 @@ impl Sfu {
         Some(id)
     }
 
-    /// Propagates queued work between participants until there is none, then frees participants
-    /// whose connection ended. Terminates: frames and keyframe requests only come from network
-    /// input, so writing to and draining subscribers produces no new work items of its own.
-    fn settle(&mut self, now: Instant) {
-        while let Some(work) = self.out.work.pop_front() {
-            match work {
-                Work::Media { from, data } => self.forward_media(now, from, &data),
-                Work::KeyframeRequest { from, request } => {
-                    self.forward_keyframe_request(now, from, request)
-                }
-            }
-        }
-        for id in std::mem::take(&mut self.out.failed) {
-            let Some(p) = self.free(id) else {
-                continue;
-            };
-            let reason = p.failure().unwrap_or("connection ended").to_string();
-            self.out.events.push_back(SfuEvent::Disconnected {
-                participant: id,
-                reason,
-            });
+    fn mark_dirty(&mut self, room: Arc<str>) {
+        if !self.dirty_rooms.contains(&room) {
+            self.dirty_rooms.push(room);
         }
     }
 
-    /// Writes a frame from `from` to the first m-line of the same kind of every other room member.
+    /// Propagates queued work between participants until there is none, frees participants whose
+    /// connection ended, reconciles the subscriptions of changed rooms (making server offers), and
+    /// sends wanted keyframe requests. Terminates: frames and keyframe requests only come from
+    /// network input, so writing to and draining subscribers produces no new work items of its
+    /// own.
+    fn settle(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(Some(now));
+        loop {
+            while let Some(work) = self.out.work.pop_front() {
+                match work {
+                    Work::Media { from, data } => self.forward_media(now, from, &data),
+                    Work::KeyframeRequest { from, request } => {
+                        self.forward_keyframe_request(now, from, request)
+                    }
+                }
+            }
+            for id in std::mem::take(&mut self.out.connected) {
+                let tracks = self
+                    .participants
+                    .get(&id)
+                    .map(Participant::open_video)
+                    .unwrap_or_default();
+                for track in tracks {
+                    self.want_keyframe(now, track);
+                }
+            }
+            let failed = std::mem::take(&mut self.out.failed);
+            for id in failed {
+                let Some(p) = self.free(id) else {
+                    continue;
+                };
+                let reason = p.failure().unwrap_or("connection ended").to_string();
+                self.out.events.push_back(SfuEvent::Disconnected {
+                    participant: id,
+                    reason,
+                });
+            }
+            for room in std::mem::take(&mut self.dirty_rooms) {
+                self.renegotiate(now, &room);
+            }
+            if self.out.work.is_empty() && self.out.failed.is_empty() {
+                break;
+            }
+        }
+        self.send_wanted_keyframes(now);
+    }
+
+    /// Reconciles every member's subscriptions with what the others publish, and makes a server
+    /// offer to each member that has changes and no offer outstanding.
+    fn renegotiate(&mut self, now: Instant, room: &Arc<str>) {
+        let Some(members) = self.rooms.get(room).map(|r| r.members.clone()) else {
+            return;
+        };
+        let tracks: Vec<(TrackRef, Published, String)> = members
+            .iter()
+            .filter_map(|id| self.participants.get(id).map(|p| (id, p)))
+            .flat_map(|(id, p)| {
+                p.published().iter().map(move |t| {
+                    (
+                        TrackRef {
+                            publisher: *id,
+                            mid: t.mid,
+                        },
+                        *t,
+                        p.label().to_string(),
+                    )
+                })
+            })
+            .collect();
+        for id in &members {
+            let Some(p) = self.participants.get_mut(id) else {
+                continue;
+            };
+            let wanted: Vec<(TrackRef, Published, &str)> = tracks
+                .iter()
+                .filter(|(t, _, _)| t.publisher != *id)
+                .map(|(t, p, label)| (*t, *p, label.as_str()))
+                .collect();
+            p.reconcile(&wanted);
+            if let Some((sdp, tracks)) = p.make_offer() {
+                debug!(participant = %id, tracks = tracks.len(), "server offer");
+                self.out.stats.renegotiations += 1;
+                self.out.events.push_back(SfuEvent::Offer {
+                    participant: *id,
+                    sdp,
+                    tracks,
+                });
+                p.drain(now, &mut self.out);
+            }
+        }
+    }
+
+    /// Writes a frame from `from` to the m-line each subscriber has for that track, and feeds
+    /// audio levels to the room's speaker detector.
     fn forward_media(&mut self, now: Instant, from: ParticipantId, data: &MediaData) {
-        let kind = if data.params.spec().codec.is_audio() {
-            MediaKind::Audio
-        } else {
-            MediaKind::Video
-        };
-        let Some(room) = self.participants.get(&from).map(|p| Arc::clone(p.room())) else {
+        let Some(publisher) = self.participants.get(&from) else {
             return;
         };
-        let Some(members) = self.rooms.get(&room) else {
+        let Some(published) = publisher.published_on(data.mid) else {
+            trace!(%from, mid = %data.mid, "frame on an m-line that publishes nothing");
             return;
         };
+        let room_name = Arc::clone(publisher.room());
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return;
+        };
+        if published.kind.is_audio()
+            && let Some(level) = data.ext_vals.audio_level
+        {
+            // str0m gives the RFC 6464 level as -dBov in -127..=0.
+            let level = level.unsigned_abs().min(127);
+            if let Some(change) = room.speakers.observe(now, from, level) {
+                push_speaker_events(&mut self.out, &room_name, &mut vec![change], None);
+            }
+        }
+        let track = TrackRef {
+            publisher: from,
+            mid: data.mid,
+        };
+        let members = room.members.clone();
         for member in members.iter().filter(|m| **m != from) {
             let Some(sub) = self.participants.get_mut(member) else {
                 continue;
@@ -379,21 +603,24 @@ impl Sfu {
             if sub.failure().is_some() {
                 continue;
             }
-            let Some(mid) = sub.send_mid(kind) else {
-                continue;
-            };
-            match sub.write_media(mid, data) {
-                Ok(()) => {
-                    self.out.stats.frames_forwarded += 1;
-                    sub.set_source(
-                        mid,
-                        Source {
+            match sub.forward(track, data) {
+                None => continue,
+                Some(WriteOutcome::Written) => self.out.stats.frames_forwarded += 1,
+                Some(WriteOutcome::Unsupported { source, first }) => {
+                    self.out.stats.frames_dropped += 1;
+                    if first {
+                        let codec = data.params.spec().codec.to_string();
+                        info!(subscriber = %member, publisher = %from, %source, %codec,
+                            "subscriber cannot receive the publisher's codec");
+                        self.out.events.push_back(SfuEvent::CodecUnsupported {
+                            subscriber: *member,
                             publisher: from,
-                            mid: data.mid,
-                        },
-                    );
+                            source,
+                            codec,
+                        });
+                    }
                 }
-                Err(reason) => {
+                Some(WriteOutcome::Dropped(reason)) => {
                     self.out.stats.frames_dropped += 1;
                     trace!(%from, to = %member, %reason, "frame dropped");
                 }
@@ -402,58 +629,113 @@ impl Sfu {
         }
     }
 
-    /// Passes a keyframe request from subscriber `from` to the publisher of the m-line it concerns:
-    /// the one whose frames were last written there, else every other member publishing that kind.
+    /// Passes a keyframe request from subscriber `from` to the publisher of the track on that
+    /// m-line.
     fn forward_keyframe_request(
         &mut self,
         now: Instant,
         from: ParticipantId,
         request: KeyframeRequest,
     ) {
-        let Some(sub) = self.participants.get(&from) else {
+        let Some(track) = self
+            .participants
+            .get(&from)
+            .and_then(|s| s.track_on(request.mid))
+        else {
             return;
         };
-        let Some(kind) = sub.track_kind(request.mid) else {
+        let Some(publisher) = self.participants.get_mut(&track.publisher) else {
             return;
         };
-        let targets: Vec<Source> = match sub.source(request.mid) {
-            Some(source) => vec![source],
-            None => self
-                .rooms
-                .get(sub.room())
-                .into_iter()
-                .flatten()
-                .filter(|m| **m != from)
-                .filter_map(|m| {
-                    let mid = self.participants.get(m)?.receive_mid(kind)?;
-                    Some(Source { publisher: *m, mid })
-                })
-                .collect(),
-        };
-        for target in targets {
-            let Some(publisher) = self.participants.get_mut(&target.publisher) else {
-                continue;
-            };
-            if publisher.request_keyframe(target.mid, None, request.kind, now) {
-                self.out.stats.keyframe_requests_forwarded += 1;
-                publisher.drain(now, &mut self.out);
-            }
+        if publisher.request_keyframe(track.mid, None, request.kind, now) {
+            self.out.stats.keyframe_requests_forwarded += 1;
+            publisher.drain(now, &mut self.out);
         }
     }
 
-    /// Removes a participant from every map; returns it for a last close or inspection.
+    /// Remembers that a keyframe of `track` is wanted (a subscriber m-line for it became
+    /// writable); [`Sfu::send_wanted_keyframes`] asks for it.
+    fn want_keyframe(&mut self, now: Instant, track: TrackRef) {
+        if let Some(w) = self.keyframe_wants.iter_mut().find(|w| w.track == track) {
+            w.retry_at = now;
+            w.expires = now + KEYFRAME_WANT_TTL;
+            return;
+        }
+        self.keyframe_wants.push(KeyframeWant {
+            track,
+            retry_at: now,
+            expires: now + KEYFRAME_WANT_TTL,
+        });
+    }
+
+    /// Sends the wanted keyframe requests that are due; keeps those the publisher's throttle or a
+    /// missing stream held back, until they expire.
+    fn send_wanted_keyframes(&mut self, now: Instant) {
+        if self.keyframe_wants.is_empty() {
+            return;
+        }
+        let mut wants = std::mem::take(&mut self.keyframe_wants);
+        wants.retain_mut(|w| {
+            if now >= w.expires {
+                return false;
+            }
+            if now < w.retry_at {
+                return true;
+            }
+            let Some(publisher) = self.participants.get_mut(&w.track.publisher) else {
+                return false;
+            };
+            if publisher.published_on(w.track.mid).is_none() {
+                return false;
+            }
+            if publisher.request_keyframe(w.track.mid, None, KeyframeRequestKind::Pli, now) {
+                self.out.stats.keyframe_requests_generated += 1;
+                publisher.drain(now, &mut self.out);
+                return false;
+            }
+            w.retry_at = now + KEYFRAME_WANT_RETRY;
+            true
+        });
+        self.keyframe_wants = wants;
+    }
+
+    /// Removes a participant from every map (its tracks are then stopped at the subscribers by the
+    /// next reconciliation); returns it for a last close or inspection.
     fn free(&mut self, id: ParticipantId) -> Option<Participant> {
         let p = self.participants.remove(&id)?;
-        if let Some(members) = self.rooms.get_mut(p.room()) {
-            members.retain(|m| *m != id);
-            if members.is_empty() {
+        if let Some(room) = self.rooms.get_mut(p.room()) {
+            room.members.retain(|m| *m != id);
+            room.speakers.remove(id);
+            if room.members.is_empty() {
                 self.rooms.remove(p.room());
+                self.dirty_rooms.retain(|r| r != p.room());
+            } else {
+                self.mark_dirty(Arc::clone(p.room()));
             }
         }
         self.by_source.retain(|_, owner| *owner != id);
-        for other in self.participants.values_mut() {
-            other.forget_publisher(id);
-        }
+        self.keyframe_wants.retain(|w| w.track.publisher != id);
         Some(p)
+    }
+}
+
+/// Queues the events of speaker-state changes and a new dominant-speaker order of `room`.
+fn push_speaker_events(
+    out: &mut Outbox,
+    room: &str,
+    changes: &mut Vec<SpeakingChange>,
+    ranking: Option<Vec<ParticipantId>>,
+) {
+    for c in changes.drain(..) {
+        out.events.push_back(SfuEvent::Speaking {
+            participant: c.participant,
+            speaking: c.speaking,
+        });
+    }
+    if let Some(speakers) = ranking {
+        out.events.push_back(SfuEvent::DominantSpeakers {
+            room: room.to_string(),
+            speakers,
+        });
     }
 }

@@ -9,23 +9,34 @@
 //! browser's connectivity checks; peer-reflexive remote candidates (RFC 8445 §7.3.1.3) are learnt from
 //! those checks, so browsers that hide their addresses behind mDNS names connect too.
 //!
-//! Media is forwarded in str0m's frame mode, 1:1 model: each participant offers one `sendrecv` audio
-//! and one `sendrecv` video m-line, and a frame received on a participant's audio (video) m-line is
-//! written to every other room member's first audio (video) m-line, with the payload type mapped to
-//! the subscriber's negotiated one. Keyframe requests (PLI/FIR, RFC 4585 §6.3.1, RFC 5104 §3.5.1)
-//! flow back to the publisher, throttled per publisher m-line.
+//! Media is forwarded in str0m's frame mode (str0m packetizes, answers NACKs and sends RTX per leg).
+//! A client offers only its own sending m-lines; each is a published track with a
+//! [`TrackSource`]. For every track another room member publishes, the SFU adds a `sendonly` m-line
+//! to the subscriber by its own offer ([`SfuEvent::Offer`], answered through
+//! [`Sfu::handle_answer`]) and stops it when the track goes; at most one server offer is
+//! outstanding per participant, changes meanwhile are batched into the next, and a client offer
+//! crossing a server offer is refused with [`SfuError::Glare`]. Frames of a track are written only
+//! to the m-lines made for it, with the payload type mapped to the subscriber's negotiated one.
+//! Keyframe requests (PLI/FIR, RFC 4585 §6.3.1, RFC 5104 §3.5.1) flow back to the publisher of
+//! the m-line's track, throttled per publisher m-line; a subscriber m-line that becomes writable
+//! asks for one too. RFC 6464 audio levels feed a per-room speaker detector
+//! ([`SfuEvent::Speaking`], [`SfuEvent::DominantSpeakers`]).
 
 mod candidate;
 mod engine;
 mod error;
 mod participant;
+mod speaker;
 mod throttle;
 mod types;
 
 pub use engine::{CONNECT_TIMEOUT, Sfu};
 pub use error::SfuError;
 pub use throttle::KEYFRAME_REQUEST_INTERVAL;
-pub use types::{ParticipantId, SfuConfig, SfuEvent, SfuStats, Transmit};
+pub use types::{
+    OutTrack, ParseTrackSourceError, ParticipantId, SfuConfig, SfuEvent, SfuStats, TrackSource,
+    Transmit,
+};
 
 use std::sync::Once;
 

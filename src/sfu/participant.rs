@@ -1,18 +1,19 @@
 //! One participant: its str0m `Rtc`, its m-lines, and the translation of str0m output into SFU work.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{
     Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid, Pt, Rid, Writer,
 };
-use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use tracing::{debug, info, warn};
 
 use super::throttle::{KEYFRAME_REQUEST_INTERVAL, Throttle};
-use super::types::{ParticipantId, SfuEvent, SfuStats, Transmit};
+use super::types::{OutTrack, ParticipantId, SfuEvent, SfuStats, TrackSource, Transmit};
 
 /// Upper bound of outputs taken from one `Rtc` in one drain. str0m always ends a drain with
 /// `Output::Timeout`; the bound only keeps a bug from hanging the worker (the rest is drained on the
@@ -43,6 +44,8 @@ pub(crate) struct Outbox {
     pub(crate) work: VecDeque<Work>,
     /// Participants whose connection ended, for the engine to free.
     pub(crate) failed: Vec<ParticipantId>,
+    /// Participants whose ICE connected, for the engine to ask keyframes for their m-lines.
+    pub(crate) connected: Vec<ParticipantId>,
     pub(crate) stats: SfuStats,
 }
 
@@ -59,19 +62,60 @@ impl Outbox {
     }
 }
 
-/// Where the frames written to one of a subscriber's m-lines come from.
+/// A track the participant publishes: one of its own m-lines the SFU receives on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Source {
+pub(crate) struct Published {
+    pub(crate) mid: Mid,
+    pub(crate) kind: MediaKind,
+    pub(crate) source: TrackSource,
+}
+
+/// A publisher track, as seen by subscribers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TrackRef {
     pub(crate) publisher: ParticipantId,
     pub(crate) mid: Mid,
 }
 
+/// Lifecycle of a server -> client m-line (offer/answer, RFC 3264 §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutState {
+    /// Wanted; goes into the next server offer.
+    ToOpen,
+    /// Added in the outstanding server offer.
+    Negotiating(Mid),
+    /// Answered: frames of the publisher track are written here.
+    Open(Mid),
+    /// The publisher track is gone; goes into the next server offer as stopped.
+    ToStop(Mid),
+    /// Stopped in the outstanding server offer; forgotten when it is answered.
+    NegotiatingStop(Mid),
+}
+
+/// A subscription: one publisher track sent to this participant on an m-line the SFU added.
 #[derive(Debug)]
-struct Track {
-    mid: Mid,
+struct Subscription {
+    track: TrackRef,
     kind: MediaKind,
-    /// Direction from the SFU's point of view: `SendRecv` for a browser's `sendrecv` m-line.
-    direction: Direction,
+    source: TrackSource,
+    /// The publisher's label, the `a=msid` stream id.
+    stream_id: String,
+    state: OutState,
+    /// [`SfuEvent::CodecUnsupported`] was emitted for it.
+    codec_reported: bool,
+}
+
+/// What a subscriber m-line made of a frame written to it.
+pub(crate) enum WriteOutcome {
+    Written,
+    /// Dropped: the m-line negotiated no codec for the frame. Reported once per subscription
+    /// (`first` is true that time).
+    Unsupported {
+        source: TrackSource,
+        first: bool,
+    },
+    /// Dropped for a passing reason (not connected yet, m-line not open).
+    Dropped(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,29 +126,45 @@ enum Link {
     Connected,
 }
 
-#[derive(Debug)]
 pub(crate) struct Participant {
     id: ParticipantId,
     room: Arc<str>,
+    /// The public id, used as the `a=msid` stream id of its tracks at subscribers.
+    label: String,
     rtc: Rtc,
-    tracks: Vec<Track>,
+    published: Vec<Published>,
+    subscriptions: Vec<Subscription>,
+    /// The outstanding server offer.
+    pending: Option<SdpPendingOffer>,
     link: Link,
     /// When str0m wants `Input::Timeout`; `None` until the first drain.
     next_timeout: Option<Instant>,
     /// Latest `now` given to the `Rtc`, for the close drain of `shutdown`.
     last_now: Instant,
     keyframe_throttle: Throttle<Mid>,
-    /// For each m-line the SFU sends on, the publisher track last written to it, so keyframe requests
-    /// for that m-line reach the right publisher.
-    sources: HashMap<Mid, Source>,
     /// Set once the connection is over; the engine then frees the participant.
     failure: Option<String>,
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participant")
+            .field("id", &self.id)
+            .field("room", &self.room)
+            .field("published", &self.published)
+            .field("subscriptions", &self.subscriptions)
+            .field("pending", &self.pending.is_some())
+            .field("link", &self.link)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Participant {
     pub(crate) fn new(
         id: ParticipantId,
         room: Arc<str>,
+        label: &str,
         rtc: Rtc,
         now: Instant,
         connect_deadline: Instant,
@@ -112,15 +172,17 @@ impl Participant {
         Participant {
             id,
             room,
+            label: label.to_string(),
             rtc,
-            tracks: Vec::new(),
+            published: Vec::new(),
+            subscriptions: Vec::new(),
+            pending: None,
             link: Link::Connecting {
                 deadline: connect_deadline,
             },
             next_timeout: None,
             last_now: now,
             keyframe_throttle: Throttle::new(KEYFRAME_REQUEST_INTERVAL),
-            sources: HashMap::new(),
             failure: None,
         }
     }
@@ -156,30 +218,51 @@ impl Participant {
         }
     }
 
-    /// Kind of the m-line `mid`, if the participant has one.
-    pub(crate) fn track_kind(&self, mid: Mid) -> Option<MediaKind> {
-        self.tracks.iter().find(|t| t.mid == mid).map(|t| t.kind)
+    pub(crate) fn label(&self) -> &str {
+        &self.label
     }
 
-    /// The m-line on which this participant receives frames of `kind` from others (1:1 model: the
-    /// first one that lets the SFU send).
-    pub(crate) fn send_mid(&self, kind: MediaKind) -> Option<Mid> {
-        self.tracks
+    /// Whether a server offer to this participant awaits its answer.
+    pub(crate) fn has_pending_offer(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The tracks this participant publishes.
+    pub(crate) fn published(&self) -> &[Published] {
+        &self.published
+    }
+
+    /// Its published track on m-line `mid`.
+    pub(crate) fn published_on(&self, mid: Mid) -> Option<Published> {
+        self.published.iter().find(|p| p.mid == mid).copied()
+    }
+
+    /// The publisher track sent to this participant on its m-line `mid` (for keyframe requests).
+    pub(crate) fn track_on(&self, mid: Mid) -> Option<TrackRef> {
+        self.subscriptions
             .iter()
-            .find(|t| t.kind == kind && t.direction.is_sending())
-            .map(|t| t.mid)
+            .find(|s| match s.state {
+                OutState::Open(m) | OutState::ToStop(m) | OutState::NegotiatingStop(m) => m == mid,
+                OutState::ToOpen | OutState::Negotiating(_) => false,
+            })
+            .map(|s| s.track)
     }
 
-    /// The m-line on which this participant publishes `kind` (the first one the SFU receives on).
-    pub(crate) fn receive_mid(&self, kind: MediaKind) -> Option<Mid> {
-        self.tracks
+    /// The open video m-lines, with the publisher track each carries.
+    pub(crate) fn open_video(&self) -> Vec<TrackRef> {
+        self.subscriptions
             .iter()
-            .find(|t| t.kind == kind && t.direction.is_receiving())
-            .map(|t| t.mid)
+            .filter(|s| s.kind.is_video() && matches!(s.state, OutState::Open(_)))
+            .map(|s| s.track)
+            .collect()
     }
 
-    pub(crate) fn source(&self, mid: Mid) -> Option<Source> {
-        self.sources.get(&mid).copied()
+    /// Number of server -> client m-lines (any state but stopping).
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.subscriptions
+            .iter()
+            .filter(|s| !matches!(s.state, OutState::ToStop(_) | OutState::NegotiatingStop(_)))
+            .count()
     }
 
     // ---- input ----
@@ -223,13 +306,227 @@ impl Participant {
         self.next_timeout = Some(self.last_now);
     }
 
-    pub(crate) fn set_source(&mut self, mid: Mid, source: Source) {
-        self.sources.insert(mid, source);
+    pub(crate) fn set_label(&mut self, label: &str) {
+        if self.label != label {
+            self.label = label.to_string();
+        }
     }
 
-    /// Forgets every source published by `publisher` (it left).
-    pub(crate) fn forget_publisher(&mut self, publisher: ParticipantId) {
-        self.sources.retain(|_, s| s.publisher != publisher);
+    /// Accepts the participant's own offer (no server offer may be outstanding) and recomputes
+    /// its published tracks: each of its m-lines the SFU can receive on, with the source from
+    /// `sources` (by mid), else the one it had, else the default by kind and order.
+    pub(crate) fn accept_offer(
+        &mut self,
+        offer: SdpOffer,
+        sources: &[(String, TrackSource)],
+    ) -> Result<SdpAnswer, RtcError> {
+        let mids: Vec<Mid> = offer.media_lines.iter().map(|m| m.mid()).collect();
+        let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        let ours: Vec<Mid> = self
+            .subscriptions
+            .iter()
+            .filter_map(|s| match s.state {
+                OutState::ToOpen => None,
+                OutState::Negotiating(m)
+                | OutState::Open(m)
+                | OutState::ToStop(m)
+                | OutState::NegotiatingStop(m) => Some(m),
+            })
+            .collect();
+        let mut published: Vec<Published> = Vec::new();
+        for mid in mids.into_iter().filter(|m| !ours.contains(m)) {
+            let Some(media) = self.rtc.media(mid) else {
+                continue;
+            };
+            if media.disabled() || !media.direction().is_receiving() {
+                continue;
+            }
+            let kind = media.kind();
+            let named = sources
+                .iter()
+                .find(|(m, _)| m.as_str() == &*mid)
+                .map(|(_, s)| *s);
+            let had = self
+                .published
+                .iter()
+                .find(|p| p.mid == mid && p.kind == kind)
+                .map(|p| p.source);
+            let source = named.or(had).unwrap_or_else(|| {
+                if kind.is_audio() {
+                    TrackSource::Audio
+                } else if published.iter().any(|p| p.source == TrackSource::Camera) {
+                    TrackSource::ScreenShare
+                } else {
+                    TrackSource::Camera
+                }
+            });
+            published.push(Published { mid, kind, source });
+        }
+        if published != self.published {
+            debug!(participant = %self.id, ?published, "published tracks changed");
+        }
+        self.published = published;
+        Ok(answer)
+    }
+
+    /// Brings the subscriptions in line with `wanted` (every track of the other room members,
+    /// with its kind, source and publisher label): missing ones are opened, gone ones stopped.
+    pub(crate) fn reconcile(&mut self, wanted: &[(TrackRef, Published, &str)]) {
+        let live = |s: &Subscription| {
+            matches!(
+                s.state,
+                OutState::ToOpen | OutState::Negotiating(_) | OutState::Open(_)
+            )
+        };
+        let is_wanted = |s: &Subscription| {
+            wanted
+                .iter()
+                .any(|(t, p, _)| *t == s.track && p.source == s.source && p.kind == s.kind)
+        };
+        self.subscriptions
+            .retain(|s| s.state != OutState::ToOpen || is_wanted(s));
+        for s in &mut self.subscriptions {
+            if let OutState::Open(m) = s.state
+                && !is_wanted(s)
+            {
+                s.state = OutState::ToStop(m);
+            }
+        }
+        for (track, published, label) in wanted {
+            let present = self
+                .subscriptions
+                .iter()
+                .any(|s| live(s) && s.track == *track && s.source == published.source);
+            if !present {
+                self.subscriptions.push(Subscription {
+                    track: *track,
+                    kind: published.kind,
+                    source: published.source,
+                    stream_id: (*label).to_string(),
+                    state: OutState::ToOpen,
+                    codec_reported: false,
+                });
+            }
+        }
+    }
+
+    /// Makes a server offer for the subscriptions to open or stop, unless one is outstanding.
+    /// Returns the offer and the m-lines the participant has once it accepts it.
+    pub(crate) fn make_offer(&mut self) -> Option<(String, Vec<OutTrack>)> {
+        if self.pending.is_some() || self.failure.is_some() {
+            return None;
+        }
+        if !self
+            .subscriptions
+            .iter()
+            .any(|s| matches!(s.state, OutState::ToOpen | OutState::ToStop(_)))
+        {
+            return None;
+        }
+        let mut api = self.rtc.sdp_api();
+        for s in &mut self.subscriptions {
+            match s.state {
+                OutState::ToOpen => {
+                    let mid = api.add_media(
+                        s.kind,
+                        Direction::SendOnly,
+                        Some(s.stream_id.clone()),
+                        Some(s.source.as_str().to_string()),
+                        None,
+                    );
+                    s.state = OutState::Negotiating(mid);
+                }
+                OutState::ToStop(mid) => {
+                    api.stop_media(mid);
+                    s.state = OutState::NegotiatingStop(mid);
+                }
+                _ => {}
+            }
+        }
+        let Some((offer, pending)) = api.apply() else {
+            // Only stops of m-lines already stopped: nothing to negotiate.
+            self.subscriptions
+                .retain(|s| !matches!(s.state, OutState::NegotiatingStop(_)));
+            return None;
+        };
+        self.pending = Some(pending);
+        Some((offer.to_sdp_string(), self.out_tracks()))
+    }
+
+    /// The server -> client m-lines being negotiated or open.
+    fn out_tracks(&self) -> Vec<OutTrack> {
+        self.subscriptions
+            .iter()
+            .filter_map(|s| match s.state {
+                OutState::Negotiating(m) | OutState::Open(m) => Some(OutTrack {
+                    mid: m.to_string(),
+                    publisher: s.track.publisher,
+                    source: s.source,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Accepts the answer to the outstanding server offer. Returns the publisher tracks of the
+    /// video m-lines it opened.
+    ///
+    /// # Errors
+    /// `Err(None)` without an outstanding offer. `Err(Some(reason))` when str0m refuses the
+    /// answer: the offer is then void, its additions go into the next one.
+    pub(crate) fn accept_answer(
+        &mut self,
+        answer: SdpAnswer,
+    ) -> Result<Vec<TrackRef>, Option<String>> {
+        let pending = self.pending.take().ok_or(None)?;
+        if let Err(e) = self.rtc.sdp_api().accept_answer(pending, answer) {
+            for s in &mut self.subscriptions {
+                if let OutState::Negotiating(_) = s.state {
+                    s.state = OutState::ToOpen;
+                }
+            }
+            // stop_media already stopped these m-lines locally; the next offer carries them so.
+            self.subscriptions
+                .retain(|s| !matches!(s.state, OutState::NegotiatingStop(_)));
+            return Err(Some(e.to_string()));
+        }
+        self.subscriptions
+            .retain(|s| !matches!(s.state, OutState::NegotiatingStop(_)));
+        let mut opened = Vec::new();
+        for s in &mut self.subscriptions {
+            if let OutState::Negotiating(m) = s.state {
+                s.state = OutState::Open(m);
+                if s.kind.is_video() {
+                    opened.push(s.track);
+                }
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Writes a frame of publisher track `track` to the m-line open for it, if any. The caller
+    /// must drain before the next write (str0m's `WriteWithoutPoll`).
+    pub(crate) fn forward(&mut self, track: TrackRef, data: &MediaData) -> Option<WriteOutcome> {
+        let index = self
+            .subscriptions
+            .iter()
+            .position(|s| s.track == track && matches!(s.state, OutState::Open(_)))?;
+        // Indexing cannot fail: `index` was just found.
+        let sub = &self.subscriptions[index];
+        let OutState::Open(mid) = sub.state else {
+            return None;
+        };
+        let source = sub.source;
+        Some(match self.write_media(mid, data) {
+            Ok(()) => WriteOutcome::Written,
+            Err(WriteError::NoCodec) => {
+                let sub = &mut self.subscriptions[index];
+                let first = !sub.codec_reported;
+                sub.codec_reported = true;
+                WriteOutcome::Unsupported { source, first }
+            }
+            Err(WriteError::Other(reason)) => WriteOutcome::Dropped(reason),
+        })
     }
 
     /// Writes a frame received from another participant to this participant's m-line `mid`, mapping
@@ -237,17 +534,14 @@ impl Participant {
     /// same m-line (str0m's `WriteWithoutPoll`).
     ///
     /// # Errors
-    /// A short reason when the frame cannot be written (no common codec, m-line not sending, not
-    /// connected yet); the frame is then dropped.
-    pub(crate) fn write_media(&mut self, mid: Mid, data: &MediaData) -> Result<(), String> {
+    /// [`WriteError::NoCodec`] when no codec for the frame was negotiated on the m-line, else a
+    /// short reason (m-line not sending, not connected yet); the frame is then dropped.
+    fn write_media(&mut self, mid: Mid, data: &MediaData) -> Result<(), WriteError> {
         let Some(writer) = self.rtc.writer(mid) else {
-            return Err(format!("no writable m-line {mid}"));
+            return Err(WriteError::Other(format!("no writable m-line {mid}")));
         };
         let Some(pt) = negotiated_pt(&writer, data.params) else {
-            return Err(format!(
-                "{:?} not negotiated on m-line {mid}",
-                data.params.spec().codec
-            ));
+            return Err(WriteError::NoCodec);
         };
         let mut writer = writer;
         if let Some(level) = data.ext_vals.audio_level {
@@ -258,7 +552,7 @@ impl Participant {
         }
         writer
             .write(pt, data.network_time, data.time, data.data.clone())
-            .map_err(|e| e.to_string())
+            .map_err(|e| WriteError::Other(e.to_string()))
     }
 
     /// Asks this participant (a publisher) for a keyframe on its m-line `mid`, at most once per
@@ -336,6 +630,7 @@ impl Participant {
                 IceConnectionState::Connected | IceConnectionState::Completed => {
                     if let Link::Connecting { .. } = self.link {
                         self.link = Link::Connected;
+                        out.connected.push(self.id);
                         info!(participant = %self.id, room = %self.room, "media connected");
                         out.events.push_back(SfuEvent::Connected {
                             participant: self.id,
@@ -348,19 +643,9 @@ impl Participant {
                 }
                 IceConnectionState::New | IceConnectionState::Checking => {}
             },
-            Event::MediaAdded(added) => {
-                self.tracks.retain(|t| t.mid != added.mid);
-                self.tracks.push(Track {
-                    mid: added.mid,
-                    kind: added.kind,
-                    direction: added.direction,
-                });
-            }
-            Event::MediaChanged(changed) => {
-                if let Some(track) = self.tracks.iter_mut().find(|t| t.mid == changed.mid) {
-                    track.direction = changed.direction;
-                }
-            }
+            // Published tracks are recomputed synchronously from the session after each offer,
+            // and server m-lines are tracked by their own state machine: these events add nothing.
+            Event::MediaAdded(_) | Event::MediaChanged(_) => {}
             Event::MediaData(data) => {
                 if data.rid.is_some() {
                     // Simulcast layers are not selected yet; forwarding every layer into one m-line
@@ -418,6 +703,11 @@ impl Participant {
             }
         }
     }
+}
+
+enum WriteError {
+    NoCodec,
+    Other(String),
 }
 
 /// The payload type to send `params` with on the writer's m-line: the one str0m matches, if it was

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 
 /// Identifies one participant (one peer connection) for the whole process.
 ///
@@ -15,6 +16,66 @@ impl fmt::Display for ParticipantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
     }
+}
+
+/// What a published track carries. Chosen by the publisher (its offer's `tracks`), defaulted from the
+/// m-line kind and order: audio m-lines are [`TrackSource::Audio`], the first video m-line
+/// [`TrackSource::Camera`], later ones [`TrackSource::ScreenShare`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum TrackSource {
+    /// A microphone.
+    Audio,
+    /// A camera.
+    Camera,
+    /// A shared screen or window.
+    ScreenShare,
+}
+
+impl TrackSource {
+    /// The protocol name: `audio`, `camera` or `screenShare`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackSource::Audio => "audio",
+            TrackSource::Camera => "camera",
+            TrackSource::ScreenShare => "screenShare",
+        }
+    }
+}
+
+impl fmt::Display for TrackSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A track source name that is none of `audio`, `camera`, `screenShare`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown track source {0:?} (expected audio, camera or screenShare)")]
+pub struct ParseTrackSourceError(pub String);
+
+impl FromStr for TrackSource {
+    type Err = ParseTrackSourceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "audio" => Ok(TrackSource::Audio),
+            "camera" => Ok(TrackSource::Camera),
+            "screenShare" => Ok(TrackSource::ScreenShare),
+            other => Err(ParseTrackSourceError(other.to_string())),
+        }
+    }
+}
+
+/// One server -> client m-line: the SFU sends `publisher`'s `source` track to the participant on
+/// `mid`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutTrack {
+    /// The m-line's `a=mid`.
+    pub mid: String,
+    /// Whose track it carries.
+    pub publisher: ParticipantId,
+    /// Which of the publisher's tracks.
+    pub source: TrackSource,
 }
 
 /// Configuration of an [`Sfu`](super::Sfu).
@@ -66,6 +127,46 @@ pub enum SfuEvent {
         /// Human-readable cause, for logs.
         reason: String,
     },
+    /// Server-initiated renegotiation (the SFU adds or stops m-lines carrying other members'
+    /// tracks): send this offer to the participant and pass its answer to
+    /// [`Sfu::handle_answer`](super::Sfu::handle_answer). At most one is outstanding per
+    /// participant.
+    Offer {
+        /// To whom.
+        participant: ParticipantId,
+        /// The SDP offer.
+        sdp: String,
+        /// Every server -> client m-line the participant has once it accepts this offer (stopped
+        /// ones are not listed).
+        tracks: Vec<OutTrack>,
+    },
+    /// The room's dominant speakers changed: ordered by recent speech energy, most dominant first.
+    /// Only participants that spoke since they joined are listed.
+    DominantSpeakers {
+        /// The room.
+        room: String,
+        /// The new order.
+        speakers: Vec<ParticipantId>,
+    },
+    /// A participant started or stopped speaking (RFC 6464 audio levels, with hysteresis).
+    Speaking {
+        /// Who.
+        participant: ParticipantId,
+        /// Whether it speaks now.
+        speaking: bool,
+    },
+    /// `subscriber` negotiated no codec able to carry `publisher`'s `source` track, so that track
+    /// is not sent to it. Emitted once per (subscriber, publisher track).
+    CodecUnsupported {
+        /// Who cannot receive.
+        subscriber: ParticipantId,
+        /// Whose track.
+        publisher: ParticipantId,
+        /// Which track.
+        source: TrackSource,
+        /// The publisher's codec (`H264`, `VP8`, `opus`...).
+        codec: String,
+    },
 }
 
 /// Cumulative counters since the [`Sfu`](super::Sfu) was created. Plain numbers: the IO shell turns
@@ -88,6 +189,9 @@ pub struct SfuStats {
     pub frames_dropped: u64,
     /// Keyframe requests from subscribers passed on to a publisher (after throttling).
     pub keyframe_requests_forwarded: u64,
-    /// Keyframe requests the SFU itself sent to a publisher because a frame was missing.
+    /// Keyframe requests the SFU itself sent to a publisher: a frame was missing, or a subscriber
+    /// m-line for the publisher's track became writable.
     pub keyframe_requests_generated: u64,
+    /// Server-initiated offers made (each [`SfuEvent::Offer`]).
+    pub renegotiations: u64,
 }

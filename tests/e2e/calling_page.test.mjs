@@ -161,3 +161,79 @@ test("a 1:1 video call through the calling page", { timeout: 240000 }, async () 
     assert.equal(await p.page.locator("#call").isEnabled(), true);
   }
 });
+
+/** Signs in unless the page already is. Returns the page's id. */
+async function ensureSignedIn(page, name) {
+  const visible = await page.locator("#me-panel").isVisible().catch(() => false);
+  if (!visible) return signIn(page, name);
+  return (await page.locator("#my-id").textContent()).trim();
+}
+
+/** In the page: how many frames the tile's <video> has shown and whether it is blank. */
+function tileVideo(page, selector) {
+  return videoFrameInfo(page, `${selector} video`);
+}
+
+test("a group call through the calling page: join by id, tiles, screen share, end for all", { timeout: 240000 }, async () => {
+  const aliceId = await ensureSignedIn(alice.page, "Alice");
+  const bobId = await ensureSignedIn(bob.page, "Bob");
+
+  // Alice makes a new group id and joins; Bob joins with the same id.
+  await alice.page.locator("#new-group").click();
+  const groupId = await alice.page.locator("#group-id").inputValue();
+  assert.match(groupId, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  await alice.page.locator("#join").click();
+  await waitState(alice.page, "Connected", 15000);
+  assert.equal(await alice.page.locator("#join").isDisabled(), true, "no second join while in a call");
+  assert.match(new URL(alice.page.url()).search, new RegExp(`group=${groupId}`), "the page address carries the group id");
+  await bob.page.locator("#group-id").fill(groupId);
+  await bob.page.locator("#join").click();
+  const [sa, sb] = await Promise.all([
+    pollUntil(() => stateOf(alice.page), (s) => s.state === "Connected" && /1 other/.test(s.text), { timeoutMs: 15000, what: "Alice: in a group call with 1 other" }),
+    waitState(bob.page, "Connected", 15000),
+  ]);
+  assert.match(sb.text, /group call/);
+  console.log(`group page states: ${sa.text} | ${sb.text}`);
+
+  // Tiles: each sees the other's camera, labelled with the name and a speaking indicator.
+  for (const [p, otherId, otherName] of [[alice, bobId, "Bob"], [bob, aliceId, "Alice"]]) {
+    const tile = `#grid .tile[data-user-id="${otherId}"][data-kind="camera"]`;
+    await p.page.locator(tile).waitFor({ timeout: 15000 });
+    const v = await pollUntil(() => tileVideo(p.page, tile), (v) => v.readyState >= 2 && v.frames > 20, { timeoutMs: 20000, intervalMs: 500, what: `${p.label}: ${otherName}'s tile playing` });
+    assert.ok(v.lumaStdDev > 5, `${p.label}: ${otherName}'s tile is not blank`);
+    assert.match(await p.page.locator(`${tile} .label`).textContent(), new RegExp(otherName));
+    assert.equal(await p.page.locator(`${tile} .speaking-indicator`).count(), 1);
+    assert.match(await p.page.locator(tile).getAttribute("data-speaking"), /^(true|false)$/);
+    assert.equal(await p.page.locator("#remote-video").isVisible(), false, `${p.label}: the 1:1 view is hidden in a group call`);
+    assert.equal(await p.page.locator("#leave").isVisible(), true);
+    assert.equal(await p.page.locator("#end-for-all").isVisible(), true);
+    assert.equal(await p.page.locator("#hangup").isVisible(), false);
+  }
+
+  // Alice shares her screen (getDisplayMedia, auto-accepted by the fake media UI): Bob gets a larger tile.
+  await alice.page.locator("#share-screen").click();
+  await pollUntil(() => alice.page.locator("#share-screen").textContent(), (t) => t === "Stop sharing", { timeoutMs: 10000, what: "#share-screen says Stop sharing" });
+  const screenTile = `#grid .tile.screen[data-user-id="${aliceId}"]`;
+  await bob.page.locator(screenTile).waitFor({ timeout: 15000 });
+  await pollUntil(() => tileVideo(bob.page, screenTile), (v) => v.readyState >= 2 && v.frames > 5, { timeoutMs: 20000, intervalMs: 500, what: "Bob: Alice's screen tile playing" });
+  const sizes = await bob.page.evaluate((sel) => {
+    const screen = document.querySelector(sel).getBoundingClientRect();
+    const camera = document.querySelector("#grid .tile.camera").getBoundingClientRect();
+    return { screen: screen.width, camera: camera.width };
+  }, screenTile);
+  assert.ok(sizes.screen > sizes.camera, `the screen tile is larger (${sizes.screen} vs ${sizes.camera})`);
+  fs.mkdirSync(artifactsDir, { recursive: true });
+  await bob.page.screenshot({ path: path.join(artifactsDir, "group-call-page.png"), fullPage: true });
+  await alice.page.locator("#share-screen").click();
+  await bob.page.locator(screenTile).waitFor({ state: "detached", timeout: 15000 });
+
+  // End for all (Alice is the organizer): both calls end; Bob's page says the organizer ended it.
+  await alice.page.locator("#end-for-all").click();
+  await Promise.all([waitState(alice.page, "Disconnected", 10000), waitState(bob.page, "Disconnected", 10000)]);
+  assert.match(await bob.page.locator("#end-reason").textContent(), /organizer ended the call for everyone/);
+  for (const p of [alice, bob]) {
+    assert.equal(await p.page.locator("#grid .tile").count(), 0, `${p.label}: the grid is cleared`);
+    assert.equal(await p.page.locator("#join").isEnabled(), true);
+    assert.equal(await p.page.locator("#hangup").isVisible(), true, `${p.label}: 1:1 controls are back`);
+  }
+});

@@ -8,8 +8,16 @@
 //   const agent = await new CallClient().createCallAgent(token, { displayName: "Alice" });
 //   agent.on("incomingCall", ({ incomingCall }) => incomingCall.accept({ audio: true, video: true }));
 //   const call = agent.startCall([{ communicationUserId: bobId }], { audio: true, video: true });
+//   const group = agent.join({ groupId }, { audio: true, video: true });
 //   call.on("stateChanged", () => console.log(call.state));
-//   await call.mute(); await call.stopVideo(); await call.hangUp();
+//   await call.mute(); await call.stopVideo(); await call.startScreenSharing(); await call.hangUp();
+//
+// Media model: the client offers only what it sends (`sendonly` microphone and camera m-lines, plus one while
+// screen sharing) and says which is which (`tracks` of the `offer` request). Other participants' media arrives on
+// m-lines the server adds by renegotiation (server `offer` events, answered with `answer` requests). The SDK is the
+// polite peer of perfect negotiation: a server offer that crosses its own rolls the local offer back, and an
+// `offer` refused with `Glare` is sent again once the server's offer is answered. All negotiation steps of a call
+// run one after another on one promise chain.
 //
 // Every error this module throws or rejects with is an `Error` with a `code` property: a string code from the
 // server (`"CallNotFound"`, `"BadTarget"`, ...), a WebSocket close code (`4401` authentication failed), or one of
@@ -25,8 +33,11 @@ const DEFAULT_HEARTBEAT_MS = 15000;
 const MEDIA_POLL_MS = 1000;
 /** Remote video counts as unavailable when no frame was decoded for this long. */
 const VIDEO_STALL_MS = 2500;
-/** inbound audio `audioLevel` (0..1) above which the remote participant counts as speaking. */
+/** Mean inbound audio level (0..1, RMS over the last poll interval) above which a remote participant counts as
+ * speaking, when the server does not report `isSpeaking` itself. */
 const SPEAKING_LEVEL = 0.02;
+/** How many times in a row an `offer` refused with `Glare` is sent again before negotiation gives up. */
+const MAX_GLARE_RETRIES = 20;
 /** Events for a call id that is not known yet (they can overtake the `startCall` response) are kept this long. */
 const EARLY_EVENT_TTL_MS = 30000;
 /** How long hangUp() waits for the server's `callStateChanged Disconnected` after its response. */
@@ -44,7 +55,10 @@ const LOCAL_END = Object.freeze({
  * @typedef {{ code: number, subcode: number, message?: string }} CallEndReason
  * @typedef {"None"|"Connecting"|"Ringing"|"EarlyMedia"|"Connected"|"LocalHold"|"RemoteHold"|"InLobby"|"Disconnecting"|"Disconnected"} CallState
  * @typedef {"Idle"|"Connecting"|"Ringing"|"Connected"|"Hold"|"InLobby"|"EarlyMedia"|"Disconnected"} RemoteParticipantState
- * @typedef {{ audio?: boolean, video?: boolean, audioOptions?: { muted?: boolean }, videoOptions?: { localVideoStreams?: unknown[] } }} CallOptions
+ * @typedef {{ audio?: boolean|MediaTrackConstraints, video?: boolean|MediaTrackConstraints, audioOptions?: { muted?: boolean }, videoOptions?: { localVideoStreams?: unknown[] } }} CallOptions
+ *   `audio`/`video` may be getUserMedia constraints instead of `true` (e.g. `{ width: 320, height: 240, frameRate: 15 }`)
+ * @typedef {"audio"|"camera"|"screenShare"} TrackSource
+ * @typedef {{ speakersList: CommunicationUserIdentifier[], timestamp: Date }} DominantSpeakersInfo
  */
 
 /**
@@ -124,10 +138,30 @@ function toIdentifier(target) {
  * @param {CallOptions} [options]
  */
 function mediaOptions(options = {}) {
-  const video = options.video === true || Boolean(options.videoOptions?.localVideoStreams?.length);
+  const isConstraints = (x) => typeof x === "object" && x !== null;
+  const video = Boolean(options.video) || Boolean(options.videoOptions?.localVideoStreams?.length);
   const audio = options.audio !== false;
   const muted = Boolean(options.audioOptions?.muted) || options.audio === false;
-  return { audio, video, muted };
+  return {
+    audio,
+    video,
+    muted,
+    audioConstraints: isConstraints(options.audio) ? options.audio : true,
+    videoConstraints: isConstraints(options.video) ? options.video : true,
+  };
+}
+
+/** The `communicationUserId` of an identifier, a participant record or a raw id string ("" when none). */
+function idOf(x) {
+  return typeof x === "string" ? x : x?.communicationUserId || x?.identifier?.communicationUserId || "";
+}
+
+/** Call end code for a failed `startCall`/`join` request. */
+function failureCode(code) {
+  if (code === "Forbidden") return 403;
+  if (code === "CallNotFound") return 404;
+  if (code === "BadTarget" || code === "SelfCall" || code === "BadGroupId" || code === "AlreadyJoined" || code === "BadMessage") return 400;
+  return 500;
 }
 
 /** Entry point, as in ACS: `new CallClient().createCallAgent(token, options)`. */
@@ -148,9 +182,10 @@ export class CallClient {
 }
 
 /**
- * A signed-in user's connection: starts calls and receives incoming calls.
+ * A signed-in user's connection: starts and joins calls and receives incoming calls.
  * Events: `incomingCall` ({incomingCall}), `callsUpdated` ({added, removed}), `connectionStateChanged`
- * ({newValue, oldValue, reason}), `error` ({code, message, callId?}: server `error` events).
+ * ({newValue, oldValue, reason}), `error` ({code, message, callId?}: server `error` events; those about a call
+ * are also emitted as that call's `error` event).
  */
 export class CallAgent extends Emitter {
   /**
@@ -214,6 +249,32 @@ export class CallAgent extends Emitter {
     call._addRemoteParticipant({ communicationUserId: target.communicationUserId, displayName: "", state: "Connecting", isMuted: false }, true);
     this._addCall(call);
     call._runOutgoing(target);
+    return call;
+  }
+
+  /**
+   * Joins a group call (ACS `callAgent.join({ groupId })`). Returns the Call at once in state "Connecting"; it
+   * becomes "Connected" when the server confirmed the join, with `remoteParticipants` listing who is already there.
+   * Only `{ groupId }` (a UUID the application chose, e.g. `crypto.randomUUID()`) is supported in this version.
+   * @param {{ groupId: string }} locator
+   * @param {CallOptions} [options] `{audio: true, video: true}`
+   * @returns {Call}
+   */
+  join(locator, options = {}) {
+    if (this._disposed) throw sdkError("Disposed", "the call agent is disposed");
+    if (this.connectionState !== "Connected") throw sdkError("ConnectionClosed", "the signaling connection is closed");
+    if (!locator || typeof locator.groupId !== "string" || locator.groupId === "") {
+      if (locator && (locator.roomId || locator.meetingLink || locator.meetingId)) {
+        throw sdkError("NotSupported", "only group calls ({ groupId }) can be joined in this version");
+      }
+      throw sdkError("BadArgument", "join needs { groupId }");
+    }
+    const call = new Call(this, "Outgoing", mediaOptions(options));
+    call.groupId = locator.groupId;
+    call.isGroupCall = true;
+    call.state = "Connecting";
+    this._addCall(call);
+    call._runJoin(locator.groupId);
     return call;
   }
 
@@ -420,8 +481,11 @@ export class CallAgent extends Emitter {
       }
       case "error": {
         const e = msg.error || {};
-        console.warn(`[switchboard] server error event: ${e.code}: ${e.message}`);
-        this._emit("error", { code: e.code, message: e.message, callId: msg.callId });
+        const callId = msg.callId ?? e.callId;
+        console.warn(`[switchboard] server error event${callId ? ` (call ${callId})` : ""}: ${e.code}: ${e.message}`);
+        this._emit("error", { code: e.code, message: e.message, callId });
+        const call = typeof callId === "string" ? this._callsById.get(callId) : undefined;
+        if (call) call._emit("error", { code: e.code, message: e.message });
         return;
       }
       default:
@@ -544,7 +608,7 @@ export class IncomingCall extends Emitter {
       throw e;
     }
     agent._incoming.delete(this.id);
-    call._negotiate(media);
+    call._startMedia(media);
     return call;
   }
 
@@ -573,23 +637,44 @@ export class IncomingCall extends Emitter {
 }
 
 /**
- * A remote video stream of a participant. Events: `isAvailableChanged`.
+ * A remote video stream of a participant: its camera (`mediaStreamType` "Video") or its screen share
+ * ("ScreenSharing"). Events: `isAvailableChanged`.
  */
 export class RemoteVideoStream extends Emitter {
-  /** @param {number} id */
-  constructor(id) {
+  /**
+   * @param {number} id
+   * @param {"Video"|"ScreenSharing"} mediaStreamType
+   * @param {MediaStreamTrack} [track]
+   */
+  constructor(id, mediaStreamType = "Video", track) {
     super();
+    /** Unique within the page. */
     this.id = id;
-    /** Always "Video" (screen sharing comes later). */
-    this.mediaStreamType = "Video";
-    /** True while video frames from the participant are being decoded. */
+    /** "Video" (camera) or "ScreenSharing". */
+    this.mediaStreamType = mediaStreamType;
+    /** True while video frames of this stream are being decoded. */
     this.isAvailable = false;
     /** The MediaStream holding the received video track (attach it to a <video> element). */
-    this.mediaStream = new MediaStream();
+    this.mediaStream = new MediaStream(track ? [track] : []);
+    /** The size given to setPreferredSize, if any. */
+    this.preferredSize = null;
   }
   /** ACS-style accessor. @returns {Promise<MediaStream>} */
   async getMediaStream() {
     return this.mediaStream;
+  }
+  /**
+   * Placeholder for simulcast: will tell the server the size this stream is rendered at so it can forward a
+   * matching layer. In this version it only records the size and sends nothing (the server forwards the one
+   * layer each participant sends).
+   * @param {{width: number, height: number}} size
+   * @returns {Promise<void>}
+   */
+  async setPreferredSize(size) {
+    const width = Number(size?.width);
+    const height = Number(size?.height);
+    if (!(width > 0) || !(height > 0)) throw sdkError("BadArgument", "setPreferredSize needs { width, height } > 0");
+    this.preferredSize = { width, height };
   }
   /** @private */
   _setAvailable(value) {
@@ -604,7 +689,7 @@ export class RemoteVideoStream extends Emitter {
  * `isSpeakingChanged`, `videoStreamsUpdated` ({added, removed}).
  */
 export class RemoteParticipant extends Emitter {
-  /** @param {{communicationUserId: string, displayName?: string, state?: string, isMuted?: boolean}} info */
+  /** @param {{communicationUserId: string, displayName?: string, state?: string, isMuted?: boolean, isSpeaking?: boolean}} info */
   constructor(info) {
     super();
     /** @type {CommunicationUserIdentifier} */
@@ -613,10 +698,11 @@ export class RemoteParticipant extends Emitter {
     /** @type {RemoteParticipantState} */
     this.state = /** @type {RemoteParticipantState} */ (info.state || "Connecting");
     this.isMuted = Boolean(info.isMuted);
-    this.isSpeaking = false;
+    /** From the server (`participantsUpdated`) when it reports it, else from the received audio level. */
+    this.isSpeaking = Boolean(info.isSpeaking);
     /** @type {CallEndReason|undefined} */
     this.callEndReason = undefined;
-    /** @type {RemoteVideoStream[]} */
+    /** Camera ("Video") first, then screen shares ("ScreenSharing"). @type {RemoteVideoStream[]} */
     this.videoStreams = [];
     /** True until the server itself reported this participant. @private */
     this._assumed = false;
@@ -633,6 +719,7 @@ export class RemoteParticipant extends Emitter {
       this._emit("isMutedChanged");
     }
     if (typeof info.state === "string") this._setState(info.state);
+    if (typeof info.isSpeaking === "boolean") this._setSpeaking(info.isSpeaking);
   }
 
   /** @private */
@@ -648,27 +735,65 @@ export class RemoteParticipant extends Emitter {
     this.isSpeaking = value;
     this._emit("isSpeakingChanged");
   }
+
+  /** @private */
+  _addVideoStream(stream) {
+    if (stream.mediaStreamType === "Video") {
+      const firstShare = this.videoStreams.findIndex((s) => s.mediaStreamType !== "Video");
+      this.videoStreams.splice(firstShare < 0 ? this.videoStreams.length : firstShare, 0, stream);
+    } else {
+      this.videoStreams.push(stream);
+    }
+    this._emit("videoStreamsUpdated", { added: [stream], removed: [] });
+  }
+
+  /** @private */
+  _removeVideoStream(stream) {
+    const i = this.videoStreams.indexOf(stream);
+    if (i < 0) return;
+    this.videoStreams.splice(i, 1);
+    stream._setAvailable(false);
+    this._emit("videoStreamsUpdated", { added: [], removed: [stream] });
+  }
 }
 
 let nextStreamId = 1;
 
+/** @returns {{promise: Promise<void>, resolve: Function, reject: Function}} */
+function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => {}); // a waiter nobody awaits must not become an unhandled rejection
+  return { promise, resolve, reject };
+}
+
 /**
- * A call. Events: `stateChanged`, `remoteParticipantsUpdated` ({added, removed}), `isMutedChanged`,
- * `isLocalVideoStartedChanged`, `localVideoStreamsUpdated`, `idChanged`.
+ * A call (1:1 or group). Events: `stateChanged`, `idChanged`, `remoteParticipantsUpdated` ({added, removed}),
+ * `isMutedChanged`, `isLocalVideoStartedChanged`, `localVideoStreamsUpdated` ({added, removed}),
+ * `isScreenSharingOnChanged`, `dominantSpeakersChanged` ({dominantSpeakers}), `error` ({code, message}: server
+ * `error` events about this call, e.g. `CodecUnsupported`, and renegotiation failures after the call connected).
  */
 export class Call extends Emitter {
   /**
    * @param {CallAgent} agent
    * @param {"Incoming"|"Outgoing"} direction
-   * @param {{audio: boolean, video: boolean, muted: boolean}} media
+   * @param {ReturnType<typeof mediaOptions>} media
    */
   constructor(agent, direction, media) {
     super();
     this._agent = agent;
     /** The server's call id ("" until the server assigned it). */
     this.id = "";
-    /** "Incoming" or "Outgoing". */
+    /** "Incoming" or "Outgoing" (group calls are "Outgoing"). */
     this.direction = direction;
+    /** True for calls made with `agent.join({ groupId })`. */
+    this.isGroupCall = false;
+    /** The group id of a group call ("" otherwise). */
+    this.groupId = "";
     /** @type {CallState} */
     this.state = "None";
     /** @type {CallEndReason|undefined} set when the call is Disconnected */
@@ -677,11 +802,15 @@ export class Call extends Emitter {
     this.isMuted = media.muted;
     /** Whether the local camera is sending. */
     this.isLocalVideoStarted = false;
+    /** Whether this participant is sharing its screen. */
+    this.isScreenSharingOn = false;
+    /** The server's dominant speakers, loudest first (ACS shape). @type {DominantSpeakersInfo} */
+    this.dominantSpeakers = { speakersList: [], timestamp: new Date() };
     /** @type {RemoteParticipant[]} */
     this._remote = [];
     /** The local camera and microphone tracks (for a self-view <video muted>). */
     this.localMediaStream = new MediaStream();
-    /** Everything received from the other side (audio + video). */
+    /** Every track received from the other participants (audio and video). */
     this.remoteMediaStream = new MediaStream();
     /** @type {RTCPeerConnection|null} */
     this.peerConnection = null;
@@ -694,15 +823,41 @@ export class Call extends Emitter {
     this._audioTransceiver = null;
     /** @type {RTCRtpTransceiver|null} */
     this._videoTransceiver = null;
-    /** @type {HTMLAudioElement|null} */
-    this._audioElement = null;
+    /** Screen share: the track, the stream it came in, whether the SDK opened it (and so stops it), its transceiver. */
+    this._screen = /** @type {{track: MediaStreamTrack, stream: MediaStream, owned: boolean, transceiver: RTCRtpTransceiver|null, onEnded: Function}|null} */ (null);
+    /** Transceivers this side sends on (never remote media). @type {Set<RTCRtpTransceiver>} */
+    this._ownTransceivers = new Set();
+    /** mid -> what the server said it carries: {communicationUserId, source}. @type {Map<string, {communicationUserId: string, source?: string}>} */
+    this._midInfo = new Map();
+    /** mid -> the remote track attached to a participant. @type {Map<string, {mid: string, participant: RemoteParticipant, source: TrackSource, track: MediaStreamTrack, stream: RemoteVideoStream|null, audioElement: HTMLAudioElement|null}>} */
+    this._attached = new Map();
+    /** Serialises every negotiation step of this call. */
+    this._chain = Promise.resolve();
+    /** Resolved when media negotiation may start (the call has its id and local media was acquired). */
+    this._mediaReady = deferred();
+    this._mediaStarted = false;
+    /** @type {Promise<RTCPeerConnection>|null} */
+    this._pcPromise = null;
+    /** Whether an `offer` step is queued and not started. */
+    this._offerQueued = false;
+    /** Waiters resolved when an offer made after they were registered is answered. @type {ReturnType<typeof deferred>[]} */
+    this._offerWaiters = [];
+    this._glareRetries = 0;
+    /** Server `offer` events not applied yet. @type {object[]} */
+    this._serverOffers = [];
+    /** Set while an offer step awaits its response: wakes it when a server offer arrives. @type {Function|null} */
+    this._wakeOfferStep = null;
+    /** True once the first offer/answer completed. */
+    this._negotiated = false;
+    /** True once the server reported `isSpeaking` in an update: the local audio-level estimate is then off. */
+    this._serverSpeaking = false;
     this._pollTimer = null;
-    this._videoProgress = { frames: 0, at: 0 };
+    this._polling = false;
+    /** track id -> {frames, at} and {energy, duration} from the last poll. */
+    this._statsMemory = new Map();
     this._hangUpRequested = false;
     this._forEveryone = false;
     this._mutePending = false;
-    /** @type {Promise<void>|null} */
-    this._negotiation = null;
     /** @type {Function[]} resolved when the call reaches Disconnected */
     this._disconnectWaiters = [];
   }
@@ -712,9 +867,21 @@ export class Call extends Emitter {
     return [...this._remote];
   }
 
-  /** ACS-style: the local video streams being sent (one entry while the camera is on). */
+  /** ACS-style: the local video streams being sent (camera while on, screen share while sharing). */
   get localVideoStreams() {
-    return this._videoTrack ? [{ mediaStreamType: "Video", mediaStream: new MediaStream([this._videoTrack]) }] : [];
+    const out = [];
+    if (this._videoTrack) out.push({ mediaStreamType: "Video", mediaStream: new MediaStream([this._videoTrack]) });
+    if (this._screen) out.push({ mediaStreamType: "ScreenSharing", mediaStream: new MediaStream([this._screen.track]) });
+    return out;
+  }
+
+  /**
+   * Diagnostics: the remote tracks received and whose they are, as the server's offers mapped them
+   * (`[{mid, communicationUserId, source: "audio"|"camera"|"screenShare", track}]`). Match `track.id` with the
+   * `trackIdentifier` (or `mid`) of inbound-rtp entries in `getStats()`.
+   */
+  get remoteTracks() {
+    return [...this._attached.values()].map((e) => ({ mid: e.mid, communicationUserId: e.participant.identifier.communicationUserId, source: e.source, track: e.track }));
   }
 
   /**
@@ -757,7 +924,7 @@ export class Call extends Emitter {
   }
 
   /**
-   * Turns the camera on and sends it on the call's video transceiver (no renegotiation).
+   * Turns the camera on and sends it on the call's camera transceiver (no renegotiation).
    * @returns {Promise<void>}
    */
   async startVideo() {
@@ -765,7 +932,7 @@ export class Call extends Emitter {
     if (this._videoTrack) return;
     let stream;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({ video: true });
+      stream = await navigator.mediaDevices.getUserMedia({ video: this._media.videoConstraints });
     } catch (e) {
       throw sdkError("MediaError", `cannot open the camera: ${e.message}`, { cause: e });
     }
@@ -778,14 +945,15 @@ export class Call extends Emitter {
     this._videoTrack = track;
     this._media.video = true;
     this.localMediaStream.addTrack(track);
-    if (this._videoTransceiver) await this._videoTransceiver.sender.replaceTrack(track);
+    if (this._videoTransceiver && this.peerConnection?.signalingState !== "closed") await this._videoTransceiver.sender.replaceTrack(track);
     this.isLocalVideoStarted = true;
     this._emit("isLocalVideoStartedChanged");
-    this._emit("localVideoStreamsUpdated", { added: this.localVideoStreams, removed: [] });
+    this._emit("localVideoStreamsUpdated", { added: this.localVideoStreams.filter((s) => s.mediaStreamType === "Video"), removed: [] });
   }
 
   /**
-   * Turns the camera off: the video sender sends nothing and the camera is released (no renegotiation).
+   * Turns the camera off: the camera transceiver stays and sends nothing (`replaceTrack(null)`, no
+   * renegotiation), and the camera is released.
    * @returns {Promise<void>}
    */
   async stopVideo() {
@@ -804,7 +972,84 @@ export class Call extends Emitter {
   }
 
   /**
-   * Leaves the call (a 1:1 call ends for both). Resolves once the call is Disconnected.
+   * Shares a screen: adds a `sendonly` video m-line carrying the video track of `stream` (or of
+   * `getDisplayMedia()` when none is given) and renegotiates. Resolves once the server accepted the new offer.
+   * The other participants get it as a RemoteVideoStream of type "ScreenSharing". Ending the track (the browser's
+   * own "Stop sharing" button) stops sharing.
+   * @param {MediaStream} [stream] e.g. `canvas.captureStream(15)`; the SDK stops only tracks it opened itself
+   * @returns {Promise<void>}
+   */
+  async startScreenSharing(stream) {
+    this._assertActive("startScreenSharing");
+    if (this._screen) return;
+    let owned = false;
+    let source = stream;
+    if (!source) {
+      if (typeof navigator === "undefined" || !navigator.mediaDevices?.getDisplayMedia) throw sdkError("MediaError", "screen capture is not available in this browser");
+      try {
+        source = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+      } catch (e) {
+        throw sdkError("MediaError", `cannot capture the screen: ${e.message}`, { cause: e });
+      }
+      owned = true;
+    }
+    const track = typeof source?.getVideoTracks === "function" ? source.getVideoTracks()[0] : undefined;
+    if (!track) {
+      if (owned) source.getTracks().forEach((t) => t.stop());
+      throw sdkError("BadArgument", "startScreenSharing needs a MediaStream with a video track");
+    }
+    if (this.state === "Disconnected" || this.state === "Disconnecting" || this._screen) {
+      if (owned) source.getTracks().forEach((t) => t.stop());
+      if (this._screen) return;
+      throw sdkError("InvalidState", "cannot share the screen: the call has ended");
+    }
+    if (!track.contentHint) track.contentHint = "detail";
+    const screen = { track, stream: source, owned, transceiver: null, onEnded: () => this.stopScreenSharing().catch(() => {}) };
+    this._screen = screen;
+    track.addEventListener("ended", screen.onEnded);
+    this.isScreenSharingOn = true;
+    this._emit("isScreenSharingOnChanged");
+    this._emit("localVideoStreamsUpdated", { added: [{ mediaStreamType: "ScreenSharing", mediaStream: new MediaStream([track]) }], removed: [] });
+    // Before media negotiation started, the peer connection is created with the share and the first offer has it.
+    if (!this._mediaStarted) return;
+    await this._enqueue(async () => {
+      const pc = await this._ensurePeerConnection();
+      if (this._screen === screen) this._addScreenTransceiver(pc);
+    });
+    await this._requestOffer();
+  }
+
+  /**
+   * Stops sharing: stops the screen-share transceiver and renegotiates (the other participants' stream goes away).
+   * @returns {Promise<void>}
+   */
+  async stopScreenSharing() {
+    const screen = this._screen;
+    if (!screen) return;
+    this._screen = null;
+    screen.track.removeEventListener("ended", screen.onEnded);
+    if (screen.owned) screen.stream.getTracks().forEach((t) => t.stop());
+    this.isScreenSharingOn = false;
+    this._emit("isScreenSharingOnChanged");
+    this._emit("localVideoStreamsUpdated", { added: [], removed: [{ mediaStreamType: "ScreenSharing" }] });
+    if (!this._mediaStarted || this.state === "Disconnected") return;
+    await this._enqueue(async () => {
+      const transceiver = screen.transceiver;
+      if (!transceiver || this.peerConnection?.signalingState === "closed") return;
+      try {
+        transceiver.sender.replaceTrack(null).catch(() => {});
+        transceiver.stop();
+      } catch {}
+    });
+    await this._requestOffer();
+  }
+
+  /**
+   * Leaves the call. A 1:1 call ends for both. In a group call the others stay, unless `forEveryone` is true and
+   * this participant is the organizer (the first to join): then the call ends for all (code 0, subcode 5001). A
+   * non-organizer's `forEveryone` is refused by the server (`Forbidden`): the SDK then emits `error`
+   * ({code: "Forbidden"}) and just leaves.
+   * Resolves once the call is Disconnected.
    * @param {{forEveryone?: boolean}} [options]
    * @returns {Promise<void>}
    */
@@ -815,7 +1060,7 @@ export class Call extends Emitter {
       this._hangUpRequested = true;
       this._forEveryone = Boolean(options.forEveryone);
       this._setState("Disconnecting");
-      // Without an id yet, _runOutgoing sends the hangUp as soon as the server assigned one.
+      // Without an id yet, _runOutgoing/_runJoin send the hangUp as soon as the server assigned one.
       if (this.id) this._sendHangUp();
     }
     await disconnected;
@@ -825,7 +1070,15 @@ export class Call extends Emitter {
   async _sendHangUp() {
     const disconnected = new Promise((resolve) => this._disconnectWaiters.push(resolve));
     try {
-      await this._agent._request("hangUp", { callId: this.id, forEveryone: this._forEveryone });
+      try {
+        await this._agent._request("hangUp", { callId: this.id, forEveryone: this._forEveryone });
+      } catch (e) {
+        if (e.code !== "Forbidden" || !this._forEveryone) throw e;
+        console.warn(`[switchboard] call ${this.id}: only the organizer may end the call for everyone (${e.message}); leaving instead`);
+        this._emit("error", { code: e.code, message: `cannot end the call for everyone: ${e.message}` });
+        this._forEveryone = false;
+        await this._agent._request("hangUp", { callId: this.id, forEveryone: false });
+      }
       await Promise.race([disconnected, sleep(HANGUP_EVENT_WAIT_MS)]);
     } catch (e) {
       if (e.code !== "CallNotFound" && e.code !== "InvalidState" && e.code !== "ConnectionClosed") {
@@ -846,7 +1099,7 @@ export class Call extends Emitter {
     return pc.getStats();
   }
 
-  // ----- internals -----
+  // ----- internals: call control -----
 
   /** @private */
   _assertActive(what) {
@@ -861,7 +1114,7 @@ export class Call extends Emitter {
     this._emit("stateChanged");
   }
 
-  /** Caller side: startCall, then offer. @private */
+  /** Caller side: startCall, then media. @private */
   async _runOutgoing(target) {
     await Promise.resolve(); // let the application subscribe to events first
     this._setState("Connecting");
@@ -871,7 +1124,7 @@ export class Call extends Emitter {
       result = await this._agent._request("startCall", { targets: [target], video: this._media.video });
     } catch (e) {
       await media.catch(() => {});
-      this._end({ code: e.code === "BadTarget" || e.code === "SelfCall" ? 400 : 500, subcode: 0, message: `startCall failed: ${e.code}: ${e.message}` });
+      this._end({ code: failureCode(e.code), subcode: 0, message: `startCall failed: ${e.code}: ${e.message}` });
       return;
     }
     if (!result || typeof result.callId !== "string") {
@@ -886,7 +1139,44 @@ export class Call extends Emitter {
       this._sendHangUp();
       return;
     }
-    this._negotiate(media);
+    this._startMedia(media);
+  }
+
+  /** Group call: join, then media. @private */
+  async _runJoin(groupId) {
+    await Promise.resolve();
+    const media = this._acquireLocalMedia();
+    let result;
+    try {
+      result = await this._agent._request("join", { groupId, video: this._media.video });
+    } catch (e) {
+      await media.catch(() => {});
+      this._end({ code: failureCode(e.code), subcode: 0, message: `join failed: ${e.code}: ${e.message}` });
+      return;
+    }
+    if (!result || typeof result.callId !== "string") {
+      this._end({ code: 500, subcode: 0, message: "join response has no callId" });
+      return;
+    }
+    // Who is already there (before the replay of early events, which may update or remove them).
+    const self = this._agent.communicationUserId;
+    const added = [];
+    for (const info of Array.isArray(result.participants) ? result.participants : []) {
+      const id = idOf(info);
+      if (!id || id === self || this._remote.some((p) => p.identifier.communicationUserId === id)) continue;
+      added.push(this._addRemoteParticipant({ ...info, communicationUserId: id }, false));
+    }
+    this._agent._bindCallId(this, result.callId);
+    this._emit("idChanged");
+    if (added.length) this._emit("remoteParticipantsUpdated", { added, removed: [] });
+    if (this.state === "Disconnected") return;
+    if (this._hangUpRequested) {
+      await media.catch(() => {});
+      this._sendHangUp();
+      return;
+    }
+    this._setState("Connected");
+    this._startMedia(media);
   }
 
   /**
@@ -903,8 +1193,9 @@ export class Call extends Emitter {
       console.warn("[switchboard] no navigator.mediaDevices: joining without local media");
       return;
     }
-    const attempts = [{ audio: wantAudio, video: wantVideo }];
-    if (wantAudio && wantVideo) attempts.push({ audio: true, video: false });
+    const audio = wantAudio ? this._media.audioConstraints : false;
+    const attempts = [{ audio, video: wantVideo ? this._media.videoConstraints : false }];
+    if (wantAudio && wantVideo) attempts.push({ audio, video: false });
     let stream = null;
     for (const constraints of attempts) {
       try {
@@ -929,126 +1220,371 @@ export class Call extends Emitter {
       this.localMediaStream.addTrack(this._videoTrack);
       this.isLocalVideoStarted = true;
       this._emit("isLocalVideoStartedChanged");
-      this._emit("localVideoStreamsUpdated", { added: this.localVideoStreams, removed: [] });
+      this._emit("localVideoStreamsUpdated", { added: this.localVideoStreams.filter((s) => s.mediaStreamType === "Video"), removed: [] });
     }
   }
 
   /**
-   * Builds the peer connection (audio then video transceiver, both sendrecv), sends the offer, applies the SFU's
-   * answer. Errors end the call.
-   * @param {Promise<void>} media
+   * Starts the media session once the call has its id: peer connection, first offer. The server then adds the
+   * other participants' media by renegotiation.
+   * @param {Promise<void>} media local media being acquired
    * @private
    */
-  _negotiate(media) {
-    this._negotiation = (async () => {
-      await media;
-      if (this.state === "Disconnected") return;
-      const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
-      this.peerConnection = pc;
-      this._audioTransceiver = pc.addTransceiver(this._audioTrack || "audio", { direction: "sendrecv", streams: [this.localMediaStream] });
-      this._videoTransceiver = pc.addTransceiver(this._videoTrack || "video", { direction: "sendrecv", streams: [this.localMediaStream] });
-      this._attachRemoteTracks();
-      pc.addEventListener("icecandidate", (ev) => {
-        if (!this.id) return;
-        const c = ev.candidate;
-        const candidate = c
-          ? { candidate: c.candidate, sdpMid: c.sdpMid ?? "0", sdpMLineIndex: c.sdpMLineIndex ?? 0 }
-          : { candidate: "", sdpMid: "0", sdpMLineIndex: 0 };
-        this._agent._notify("iceCandidate", { callId: this.id, candidate });
-      });
-      pc.addEventListener("connectionstatechange", () => {
-        if (pc.connectionState === "failed") console.warn(`[switchboard] call ${this.id}: media connection failed`);
-      });
-      const offer = await pc.createOffer();
-      await pc.setLocalDescription(offer);
-      if (this.state === "Disconnected") return;
-      if (this._mutePending) {
-        this._mutePending = false;
-        this._agent._request("mute", { callId: this.id }).catch((e) => console.warn("[switchboard] mute failed:", e.message));
-      }
-      const result = await this._agent._request("offer", { callId: this.id, sdp: pc.localDescription.sdp });
-      if (this.state === "Disconnected") return;
-      if (!result || typeof result.sdp !== "string") throw sdkError("BadSdp", "the offer response has no SDP answer");
-      await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
-      this._startPolling();
-    })().catch((e) => {
-      if (this.state === "Disconnected") return;
+  _startMedia(media) {
+    this._mediaStarted = true;
+    media.catch(() => {}).then(() => this._mediaReady.resolve());
+    if (this.isMuted || this._mutePending) {
+      this._mutePending = false;
+      this._agent._request("mute", { callId: this.id }).catch((e) => console.warn("[switchboard] mute failed:", e.message));
+    }
+    this._enqueue(() => this._ensurePeerConnection());
+    this._requestOffer().catch(() => {}); // failures are handled on the chain
+  }
+
+  // ----- internals: negotiation (one promise chain per call) -----
+
+  /**
+   * Runs `step` after every negotiation step queued before it. Failures are reported (and end the call when the
+   * media session never came up); the returned promise still rejects for callers that await it.
+   * @template T
+   * @param {() => Promise<T>} step
+   * @returns {Promise<T|undefined>}
+   * @private
+   */
+  _enqueue(step) {
+    const run = this._chain.then(() => (this.state === "Disconnected" ? undefined : step()));
+    this._chain = run.catch((e) => this._negotiationFailed(e));
+    return run;
+  }
+
+  /** @private */
+  _negotiationFailed(e) {
+    if (this.state === "Disconnected") return;
+    const text = `${e?.code ? `${e.code}: ` : ""}${e?.message || e}`;
+    if (!this._negotiated) {
       console.error(`[switchboard] call ${this.id}: media negotiation failed:`, e);
-      const reason = { code: 500, subcode: 0, message: `media negotiation failed: ${e.code ? `${e.code}: ` : ""}${e.message}` };
       if (this.id) this._agent._request("hangUp", { callId: this.id, forEveryone: false }).catch(() => {});
-      this._end(reason);
-    });
-  }
-
-  /** The server's media arrives on our own transceivers: their receiver tracks are the remote participant's. @private */
-  _attachRemoteTracks() {
-    const audio = this._audioTransceiver.receiver.track;
-    const video = this._videoTransceiver.receiver.track;
-    this.remoteMediaStream.addTrack(audio);
-    this.remoteMediaStream.addTrack(video);
-    if (typeof document !== "undefined" && document.body) {
-      const el = document.createElement("audio");
-      el.autoplay = true;
-      el.hidden = true;
-      el.setAttribute("data-switchboard-call", this.id);
-      el.srcObject = new MediaStream([audio]);
-      document.body.appendChild(el);
-      el.play().catch(() => {}); // autoplay may wait for a user gesture
-      this._audioElement = el;
+      this._end({ code: 500, subcode: 0, message: `media negotiation failed: ${text}` });
+      return;
     }
-    for (const p of this._remote) this._giveVideo(p);
-  }
-
-  /** Attaches the received video track to a participant's video stream. @private */
-  _giveVideo(participant) {
-    if (!this._videoTransceiver || this._remote[0] !== participant) return; // 1:1: the one remote participant
-    let stream = participant.videoStreams[0];
-    let added = false;
-    if (!stream) {
-      stream = new RemoteVideoStream(nextStreamId++);
-      participant.videoStreams.push(stream);
-      added = true;
-    }
-    const track = this._videoTransceiver.receiver.track;
-    if (!stream.mediaStream.getTracks().includes(track)) {
-      stream.mediaStream.addTrack(track);
-      added = true;
-    }
-    if (added) participant._emit("videoStreamsUpdated", { added: [stream], removed: [] });
-  }
-
-  /** Samples getStats() for remote video availability and speaking. @private */
-  _startPolling() {
-    if (this._pollTimer) return;
-    this._pollTimer = setInterval(async () => {
-      const pc = this.peerConnection;
-      if (!pc || pc.signalingState === "closed") return;
-      let report;
-      try {
-        report = await pc.getStats();
-      } catch {
-        return;
-      }
-      let frames = 0;
-      let level = 0;
-      report.forEach((s) => {
-        if (s.type !== "inbound-rtp") return;
-        if (s.kind === "video") frames += s.framesDecoded || 0;
-        if (s.kind === "audio") level = Math.max(level, s.audioLevel || 0);
-      });
-      const now = Date.now();
-      if (frames > this._videoProgress.frames) this._videoProgress = { frames, at: now };
-      const available = frames > 0 && now - this._videoProgress.at < VIDEO_STALL_MS;
-      const participant = this._remote[0];
-      if (!participant || this.state === "Disconnected") return;
-      const stream = participant.videoStreams[0];
-      if (stream) stream._setAvailable(available);
-      participant._setSpeaking(!participant.isMuted && level > SPEAKING_LEVEL);
-    }, MEDIA_POLL_MS);
+    console.warn(`[switchboard] call ${this.id}: renegotiation failed: ${text}`);
+    this._emit("error", { code: e?.code || "NegotiationFailed", message: `renegotiation failed: ${e?.message || e}` });
   }
 
   /**
-   * @param {{communicationUserId: string, displayName?: string, state?: string, isMuted?: boolean}} info
+   * The call's peer connection, created on first use once local media is ready: one `sendonly` audio and one
+   * `sendonly` video transceiver (kept while the camera is off), plus the screen share if one was started.
+   * @returns {Promise<RTCPeerConnection>}
+   * @private
+   */
+  _ensurePeerConnection() {
+    if (!this._pcPromise) {
+      this._pcPromise = (async () => {
+        await this._mediaReady.promise;
+        if (this.state === "Disconnected") throw sdkError("InvalidState", "the call ended");
+        const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+        this.peerConnection = pc;
+        this._audioTransceiver = pc.addTransceiver(this._audioTrack || "audio", { direction: "sendonly", streams: [this.localMediaStream] });
+        this._videoTransceiver = pc.addTransceiver(this._videoTrack || "video", { direction: "sendonly", streams: [this.localMediaStream] });
+        this._ownTransceivers.add(this._audioTransceiver);
+        this._ownTransceivers.add(this._videoTransceiver);
+        if (this._screen) this._addScreenTransceiver(pc);
+        pc.addEventListener("icecandidate", (ev) => {
+          if (!this.id) return;
+          const c = ev.candidate;
+          const candidate = c
+            ? { candidate: c.candidate, sdpMid: c.sdpMid ?? "0", sdpMLineIndex: c.sdpMLineIndex ?? 0 }
+            : { candidate: "", sdpMid: "0", sdpMLineIndex: 0 };
+          this._agent._notify("iceCandidate", { callId: this.id, candidate });
+        });
+        pc.addEventListener("connectionstatechange", () => {
+          if (pc.connectionState === "failed") console.warn(`[switchboard] call ${this.id}: media connection failed`);
+        });
+        // Remote tracks are attached from the transceivers (by mid, as the server offer's `tracks` maps them) once
+        // each server offer is answered: see _reconcileRemoteTracks.
+        return pc;
+      })();
+    }
+    return this._pcPromise;
+  }
+
+  /** @private */
+  _addScreenTransceiver(pc) {
+    const screen = this._screen;
+    if (!screen || screen.transceiver) return;
+    screen.transceiver = pc.addTransceiver(screen.track, { direction: "sendonly", streams: [screen.stream] });
+    this._ownTransceivers.add(screen.transceiver);
+  }
+
+  /** What each of our sending m-lines carries, for the `offer` request. @private */
+  _localTrackList() {
+    const out = [];
+    const add = (transceiver, source) => {
+      if (!transceiver || transceiver.mid == null || transceiver.direction === "stopped" || transceiver.currentDirection === "stopped") return;
+      out.push({ mid: transceiver.mid, source });
+    };
+    add(this._audioTransceiver, "audio");
+    add(this._videoTransceiver, "camera");
+    add(this._screen?.transceiver, "screenShare");
+    return out;
+  }
+
+  /**
+   * Queues an offer (unless one is queued and not started yet, which will cover this change too). Resolves when
+   * an offer made after this call was answered by the server.
+   * @returns {Promise<void>}
+   * @private
+   */
+  _requestOffer() {
+    const waiter = deferred();
+    this._offerWaiters.push(waiter);
+    if (!this._offerQueued) {
+      this._offerQueued = true;
+      this._enqueue(() => this._offerStep()).catch(() => {});
+    }
+    return waiter.promise;
+  }
+
+  /**
+   * One client offer: createOffer, setLocalDescription, `offer` request, apply the answer. While the request is
+   * out, a server offer that crosses it is applied at once (the polite peer: setRemoteDescription rolls our offer
+   * back); the server then refuses our offer with `Glare` (or answers an offer we no longer have): we offer again.
+   * @private
+   */
+  async _offerStep() {
+    this._offerQueued = false;
+    const waiters = this._offerWaiters.splice(0);
+    const finish = (error) => {
+      for (const w of waiters) error ? w.reject(error) : w.resolve();
+    };
+    try {
+      const pc = await this._ensurePeerConnection();
+      if (this.state === "Disconnected") return finish();
+      if (this._glareRetries > 0 && this._serverOffers.length === 0) await sleep(Math.min(50 * this._glareRetries, 500));
+      while (this._serverOffers.length) await this._applyServerOffer(this._serverOffers.shift());
+      await pc.setLocalDescription(await pc.createOffer());
+      const sdp = pc.localDescription.sdp;
+      const tracks = this._localTrackList();
+      const response = this._agent._request("offer", { callId: this.id, sdp, tracks }).then(
+        (result) => ({ result }),
+        (error) => ({ error }),
+      );
+      let crossed = false;
+      let outcome;
+      for (;;) {
+        if (this._serverOffers.length && this.state !== "Disconnected") {
+          crossed = true;
+          await this._applyServerOffer(this._serverOffers.shift());
+          continue;
+        }
+        const wake = new Promise((resolve) => (this._wakeOfferStep = resolve));
+        outcome = await Promise.race([response, wake.then(() => null)]);
+        this._wakeOfferStep = null;
+        if (outcome) break;
+        if (this.state === "Disconnected") return finish();
+      }
+      if (this.state === "Disconnected") return finish();
+      if (outcome.error) {
+        if (outcome.error.code !== "Glare") throw outcome.error;
+        if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
+        return this._offerAgain(waiters, "Glare");
+      }
+      if (crossed || pc.signalingState !== "have-local-offer") return this._offerAgain(waiters, "our offer was rolled back");
+      if (!outcome.result || typeof outcome.result.sdp !== "string") throw sdkError("BadSdp", "the offer response has no SDP answer");
+      await pc.setRemoteDescription({ type: "answer", sdp: outcome.result.sdp });
+      this._negotiated = true;
+      this._glareRetries = 0;
+      this._reconcileRemoteTracks();
+      this._startPolling();
+      finish();
+    } catch (e) {
+      finish(e);
+      throw e;
+    }
+  }
+
+  /** Offers again after glare, keeping the waiters of the offer that did not go through. @private */
+  _offerAgain(waiters, why) {
+    this._glareRetries++;
+    if (this._glareRetries > MAX_GLARE_RETRIES) {
+      this._glareRetries = 0;
+      throw sdkError("Glare", `offer refused ${MAX_GLARE_RETRIES} times in a row (${why})`);
+    }
+    this._offerWaiters.unshift(...waiters);
+    if (!this._offerQueued) {
+      this._offerQueued = true;
+      this._enqueue(() => this._offerStep()).catch(() => {});
+    }
+  }
+
+  /** A server `offer` event: queued on the chain, or handed to the offer step that waits for its response. @private */
+  _onServerOffer(msg) {
+    if (typeof msg.sdp !== "string") {
+      console.warn(`[switchboard] call ${this.id}: server offer without sdp`);
+      return;
+    }
+    this._serverOffers.push(msg);
+    if (this._wakeOfferStep) this._wakeOfferStep();
+    this._enqueue(async () => {
+      while (this._serverOffers.length) await this._applyServerOffer(this._serverOffers.shift());
+    }).catch(() => {});
+  }
+
+  /**
+   * Applies a server offer and answers it: setRemoteDescription (rolling back an outstanding local offer),
+   * createAnswer, setLocalDescription, `answer` request; then attaches the remote tracks it added and detaches
+   * the ones it stopped.
+   * @private
+   */
+  async _applyServerOffer(msg) {
+    const pc = await this._ensurePeerConnection();
+    if (this.state === "Disconnected") return;
+    for (const t of Array.isArray(msg.tracks) ? msg.tracks : []) {
+      if (t && t.mid != null && typeof t.communicationUserId === "string") {
+        this._midInfo.set(String(t.mid), { communicationUserId: t.communicationUserId, source: t.source });
+      }
+    }
+    await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    const sdp = pc.localDescription.sdp;
+    this._reconcileRemoteTracks();
+    this._startPolling();
+    try {
+      await this._agent._request("answer", { callId: this.id, sdp });
+    } catch (e) {
+      if (this.state === "Disconnected" || e.code === "ConnectionClosed") return;
+      console.warn(`[switchboard] call ${this.id}: answer refused: ${e.code}: ${e.message}`);
+      this._emit("error", { code: e.code, message: `answer refused: ${e.message}` });
+    }
+  }
+
+  // ----- internals: remote media -----
+
+  /**
+   * Matches the peer connection's receiving transceivers with what the server's offers said they carry, and
+   * attaches/detaches remote tracks to/from participants accordingly.
+   * @private
+   */
+  _reconcileRemoteTracks() {
+    const pc = this.peerConnection;
+    if (!pc || pc.signalingState === "closed") return;
+    const present = new Set();
+    for (const transceiver of pc.getTransceivers()) {
+      if (this._ownTransceivers.has(transceiver) || transceiver.mid == null) continue;
+      const mid = transceiver.mid;
+      present.add(mid);
+      const dir = transceiver.currentDirection;
+      const receiving = dir === "recvonly" || dir === "sendrecv";
+      const info = this._midInfo.get(mid);
+      const participant = info && this._remote.find((p) => p.identifier.communicationUserId === info.communicationUserId);
+      const track = transceiver.receiver.track;
+      const source = /** @type {TrackSource} */ (track.kind === "audio" ? "audio" : info?.source === "screenShare" ? "screenShare" : "camera");
+      const current = this._attached.get(mid);
+      if (!receiving || !participant) {
+        if (current) this._detach(mid);
+        continue;
+      }
+      if (current && current.participant === participant && current.source === source && current.track === track) continue;
+      if (current) this._detach(mid);
+      this._attach(mid, track, participant, source);
+    }
+    for (const mid of [...this._attached.keys()]) if (!present.has(mid)) this._detach(mid);
+  }
+
+  /** @private */
+  _attach(mid, track, participant, source) {
+    const entry = { mid, participant, source, track, stream: null, audioElement: null };
+    this._attached.set(mid, entry);
+    this.remoteMediaStream.addTrack(track);
+    if (source === "audio") {
+      // Chromium reports remote audio levels only for tracks that are played.
+      if (typeof document !== "undefined" && document.body) {
+        const el = document.createElement("audio");
+        el.autoplay = true;
+        el.hidden = true;
+        el.setAttribute("data-switchboard-call", this.id);
+        el.setAttribute("data-user-id", participant.identifier.communicationUserId);
+        el.srcObject = new MediaStream([track]);
+        document.body.appendChild(el);
+        el.play().catch(() => {}); // autoplay may wait for a user gesture
+        entry.audioElement = el;
+      }
+      return;
+    }
+    entry.stream = new RemoteVideoStream(nextStreamId++, source === "screenShare" ? "ScreenSharing" : "Video", track);
+    participant._addVideoStream(entry.stream);
+  }
+
+  /** @private */
+  _detach(mid) {
+    const entry = this._attached.get(mid);
+    if (!entry) return;
+    this._attached.delete(mid);
+    this._statsMemory.delete(entry.track.id);
+    this.remoteMediaStream.removeTrack(entry.track);
+    if (entry.audioElement) {
+      entry.audioElement.srcObject = null;
+      entry.audioElement.remove();
+    }
+    if (entry.stream) entry.participant._removeVideoStream(entry.stream);
+  }
+
+  /** Samples getStats() for remote video availability and (unless the server reports it) speaking. @private */
+  _startPolling() {
+    if (this._pollTimer) return;
+    this._pollTimer = setInterval(() => this._poll(), MEDIA_POLL_MS);
+  }
+
+  /** @private */
+  async _poll() {
+    const pc = this.peerConnection;
+    if (!pc || pc.signalingState === "closed" || this._polling) return;
+    this._polling = true;
+    let report;
+    try {
+      report = await pc.getStats();
+    } catch {
+      return;
+    } finally {
+      this._polling = false;
+    }
+    if (this.state === "Disconnected") return;
+    const byTrack = new Map();
+    const byMid = new Map();
+    report.forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      if (s.trackIdentifier) byTrack.set(s.trackIdentifier, s);
+      if (s.mid != null) byMid.set(String(s.mid), s);
+    });
+    const now = Date.now();
+    const levels = new Map();
+    for (const entry of this._attached.values()) {
+      const s = byTrack.get(entry.track.id) || byMid.get(entry.mid);
+      const memory = this._statsMemory.get(entry.track.id) || { frames: 0, at: 0, energy: 0, duration: 0 };
+      if (entry.stream) {
+        const frames = s?.framesDecoded || 0;
+        if (frames > memory.frames) Object.assign(memory, { frames, at: now });
+        entry.stream._setAvailable(frames > 0 && now - memory.at < VIDEO_STALL_MS);
+      } else if (s) {
+        // Mean level over the last interval, from the energy counters; the instantaneous level as fallback.
+        const energy = s.totalAudioEnergy ?? 0;
+        const duration = s.totalSamplesDuration ?? 0;
+        let level = s.audioLevel || 0;
+        if (duration > memory.duration && energy >= memory.energy) level = Math.sqrt((energy - memory.energy) / (duration - memory.duration));
+        Object.assign(memory, { energy, duration });
+        const p = entry.participant;
+        levels.set(p, Math.max(levels.get(p) || 0, level));
+      }
+      this._statsMemory.set(entry.track.id, memory);
+    }
+    if (this._serverSpeaking) return;
+    for (const p of this._remote) p._setSpeaking(!p.isMuted && (levels.get(p) || 0) > SPEAKING_LEVEL);
+  }
+
+  // ----- internals: events -----
+
+  /**
+   * @param {{communicationUserId: string, displayName?: string, state?: string, isMuted?: boolean, isSpeaking?: boolean}} info
    * @param {boolean} assumed known locally (target / caller), not yet reported by the server
    * @private
    */
@@ -1056,7 +1592,6 @@ export class Call extends Emitter {
     const p = new RemoteParticipant(info);
     p._assumed = assumed;
     this._remote.push(p);
-    this._giveVideo(p);
     return p;
   }
 
@@ -1079,6 +1614,18 @@ export class Call extends Emitter {
       case "participantsUpdated":
         this._onParticipantsUpdated(msg);
         return;
+      case "offer":
+        this._onServerOffer(msg);
+        return;
+      case "dominantSpeakersChanged": {
+        const list = Array.isArray(msg.speakers) ? msg.speakers : [];
+        this.dominantSpeakers = {
+          speakersList: list.map(idOf).filter(Boolean).map((communicationUserId) => ({ communicationUserId })),
+          timestamp: new Date(),
+        };
+        this._emit("dominantSpeakersChanged", { dominantSpeakers: this.dominantSpeakers });
+        return;
+      }
       default:
         console.warn(`[switchboard] call ${this.id}: ignoring event ${JSON.stringify(msg.type)}`);
     }
@@ -1087,13 +1634,13 @@ export class Call extends Emitter {
   /** @private */
   _onParticipantsUpdated(msg) {
     const self = this._agent.communicationUserId;
-    const idOf = (x) => (typeof x === "string" ? x : x?.communicationUserId || x?.identifier?.communicationUserId || "");
     const added = [];
     const removed = [];
-    for (const info of [...(msg.added || []), ...(msg.updated || [])]) {
+    const apply = (info, isUpdate) => {
       const id = idOf(info);
-      if (!id || id === self) continue;
+      if (!id || id === self) return;
       const record = { ...info, communicationUserId: id };
+      if (isUpdate && typeof info.isSpeaking === "boolean") this._serverSpeaking = true;
       const existing = this._remote.find((p) => p.identifier.communicationUserId === id);
       if (existing) {
         existing._assumed = false;
@@ -1101,16 +1648,24 @@ export class Call extends Emitter {
       } else {
         added.push(this._addRemoteParticipant(record, false));
       }
-    }
+    };
+    for (const info of msg.added || []) apply(info, false);
+    for (const info of msg.updated || []) apply(info, true);
     for (const info of msg.removed || []) {
       const id = idOf(info);
       const i = this._remote.findIndex((p) => p.identifier.communicationUserId === id);
       if (i < 0) continue;
-      const [p] = this._remote.splice(i, 1);
+      const p = this._remote[i];
+      for (const [mid, entry] of [...this._attached]) if (entry.participant === p) this._detach(mid);
+      for (const [mid, info] of [...this._midInfo]) if (info.communicationUserId === id) this._midInfo.delete(mid);
+      this._remote.splice(i, 1);
+      p._setSpeaking(false);
       p._setState("Disconnected");
       removed.push(p);
     }
     if (added.length || removed.length) this._emit("remoteParticipantsUpdated", { added, removed });
+    // Media for a participant announced after the server's offer that carries it.
+    if (added.length) this._reconcileRemoteTracks();
   }
 
   /**
@@ -1133,19 +1688,32 @@ export class Call extends Emitter {
     if (this._videoTrack) this._videoTrack.stop();
     const hadVideo = this.isLocalVideoStarted;
     this.isLocalVideoStarted = false;
-    if (this._audioElement) {
-      this._audioElement.srcObject = null;
-      this._audioElement.remove();
-      this._audioElement = null;
+    const screen = this._screen;
+    this._screen = null;
+    if (screen) {
+      screen.track.removeEventListener("ended", screen.onEnded);
+      if (screen.owned) screen.stream.getTracks().forEach((t) => t.stop());
+      this.isScreenSharingOn = false;
+    }
+    for (const entry of this._attached.values()) {
+      if (entry.audioElement) {
+        entry.audioElement.srcObject = null;
+        entry.audioElement.remove();
+      }
+      if (entry.stream) entry.stream._setAvailable(false);
     }
     for (const p of this._remote) {
       p._setSpeaking(false);
-      for (const s of p.videoStreams) s._setAvailable(false);
       p._setState("Disconnected");
     }
+    for (const w of this._offerWaiters.splice(0)) w.resolve();
+    this._serverOffers.length = 0;
+    this._mediaReady.resolve();
+    if (this._wakeOfferStep) this._wakeOfferStep();
     this.state = "Disconnected";
     this._emit("stateChanged");
     if (hadVideo) this._emit("isLocalVideoStartedChanged");
+    if (screen) this._emit("isScreenSharingOnChanged");
     for (const resolve of this._disconnectWaiters.splice(0)) resolve();
     this._agent._removeCall(this);
   }

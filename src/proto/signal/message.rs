@@ -17,6 +17,30 @@ pub struct Target {
     pub communication_user_id: String,
 }
 
+/// Track sources a client may publish.
+pub const TRACK_SOURCES: [&str; 3] = ["audio", "camera", "screenShare"];
+
+/// What one of the client's sending m-lines carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackSpec {
+    /// The m-line's mid.
+    pub mid: String,
+    /// `audio`, `camera` or `screenShare`.
+    pub source: String,
+}
+
+/// A server -> client m-line: whose track it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutTrackInfo {
+    /// The m-line's mid.
+    pub mid: String,
+    /// The publisher.
+    pub communication_user_id: String,
+    /// `audio`, `camera` or `screenShare`.
+    pub source: String,
+}
+
 /// A trickle ICE candidate as `RTCIceCandidate.toJSON()` gives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,6 +87,20 @@ pub enum ClientMessage {
         id: RequestId,
         call_id: String,
         sdp: String,
+        /// What each of the client's sending m-lines carries (may be empty: defaults apply).
+        tracks: Vec<TrackSpec>,
+    },
+    /// SDP answer to a server offer.
+    Answer {
+        id: RequestId,
+        call_id: String,
+        sdp: String,
+    },
+    /// Join a group call.
+    Join {
+        id: RequestId,
+        group_id: String,
+        video: bool,
     },
     /// Microphone muted.
     Mute { id: RequestId, call_id: String },
@@ -86,6 +124,8 @@ impl ClientMessage {
             | ClientMessage::Reject { id, .. }
             | ClientMessage::HangUp { id, .. }
             | ClientMessage::Offer { id, .. }
+            | ClientMessage::Answer { id, .. }
+            | ClientMessage::Join { id, .. }
             | ClientMessage::Mute { id, .. }
             | ClientMessage::Unmute { id, .. } => Some(id),
             ClientMessage::IceCandidate { .. } => None,
@@ -223,6 +263,37 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
             id: need_id()?,
             call_id: s("callId")?,
             sdp: s("sdp")?,
+            tracks: match obj.get("tracks") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(t) => {
+                    let tracks = serde_json::from_value::<Vec<TrackSpec>>(t.clone()).map_err(|e| {
+                        err(id, format!("field \"tracks\" of \"offer\" must be a list of {{mid, source}}: {e}"))
+                    })?;
+                    if let Some(bad) = tracks
+                        .iter()
+                        .find(|t| !TRACK_SOURCES.contains(&t.source.as_str()))
+                    {
+                        let shown: String = bad.source.chars().take(32).collect();
+                        return Err(err(
+                            id,
+                            format!(
+                                "track source {shown:?} is not one of audio, camera, screenShare"
+                            ),
+                        ));
+                    }
+                    tracks
+                }
+            },
+        },
+        "answer" => ClientMessage::Answer {
+            id: need_id()?,
+            call_id: s("callId")?,
+            sdp: s("sdp")?,
+        },
+        "join" => ClientMessage::Join {
+            id: need_id()?,
+            group_id: s("groupId")?,
+            video: field_bool(&obj, id, ty, "video")?,
         },
         "mute" => ClientMessage::Mute {
             id: need_id()?,
@@ -286,6 +357,8 @@ pub struct ParticipantInfo {
     pub state: String,
     /// Microphone muted.
     pub is_muted: bool,
+    /// Speaking now (RFC 6464 audio levels, with hysteresis).
+    pub is_speaking: bool,
 }
 
 /// Messages the server sends.
@@ -305,10 +378,27 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<Value>,
     },
-    /// A problem with a frame that had no usable id.
+    /// A problem with a frame that had no usable id, or with a call's media (`callId` set).
+    #[serde(rename_all = "camelCase")]
     Error {
+        /// The call concerned, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
         /// `{code, message}`.
         error: Value,
+    },
+    /// Server-initiated renegotiation: the client answers with an `answer` request.
+    #[serde(rename_all = "camelCase")]
+    Offer {
+        call_id: String,
+        sdp: String,
+        tracks: Vec<OutTrackInfo>,
+    },
+    /// Dominant speakers, most dominant first.
+    #[serde(rename_all = "camelCase")]
+    DominantSpeakersChanged {
+        call_id: String,
+        speakers: Vec<String>,
     },
     /// Someone calls this identity.
     #[serde(rename_all = "camelCase")]
@@ -367,6 +457,7 @@ impl ServerMessage {
     /// An `error` event.
     pub fn error(code: &str, message: impl Into<String>) -> ServerMessage {
         ServerMessage::Error {
+            call_id: None,
             error: serde_json::json!({ "code": code, "message": message.into() }),
         }
     }

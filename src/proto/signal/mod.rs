@@ -5,6 +5,7 @@
 mod message;
 
 pub use message::{
-    ClientMessage, DecodeError, EndReason, IceCandidate, MAX_FRAME_BYTES, ParticipantInfo,
-    RequestId, ServerMessage, Target, decode_client_message,
+    ClientMessage, DecodeError, EndReason, IceCandidate, MAX_FRAME_BYTES, OutTrackInfo,
+    ParticipantInfo, RequestId, ServerMessage, TRACK_SOURCES, Target, TrackSpec,
+    decode_client_message,
 };

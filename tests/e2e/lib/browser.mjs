@@ -6,7 +6,7 @@
 //   await alice.close();
 //
 // Chromium: $CHROMIUM_PATH or /usr/bin/chromium. Page console errors/warnings and uncaught exceptions are printed
-// to the test output with the participant's label. Test files take `browserSlot()` so that at most one file (two
+// to the test output with the participant's label. Test files take `browserSlot()` so that one file (at most four
 // browsers) runs at a time, whatever the test runner's concurrency.
 import fs from "node:fs";
 import os from "node:os";
