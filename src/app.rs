@@ -133,6 +133,17 @@ impl MediaPlane for MediaAdapter {
         self.0.add_candidate(ParticipantId(participant), candidate);
     }
 
+    fn set_preferred_size(
+        &self,
+        participant: MediaParticipant,
+        mid: String,
+        width: u32,
+        height: u32,
+    ) {
+        self.0
+            .set_preferred_size(ParticipantId(participant), mid, width, height);
+    }
+
     fn remove(&self, participant: MediaParticipant) {
         self.0.remove(ParticipantId(participant));
     }

@@ -34,6 +34,7 @@ impl MediaPlane for FakeMedia {
         Box::pin(async { Err(MediaFailure::NoPendingOffer) })
     }
     fn add_candidate(&self, _: MediaParticipant, _: String) {}
+    fn set_preferred_size(&self, _: MediaParticipant, _: String, _: u32, _: u32) {}
     fn remove(&self, p: MediaParticipant) {
         self.removed.lock().unwrap().push(p);
     }

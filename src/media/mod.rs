@@ -8,7 +8,8 @@
 //! Metrics: counters `switchboard_media_packets_in_total`, `switchboard_media_packets_out_total`,
 //! `switchboard_media_bytes_in_total`, `switchboard_media_bytes_out_total`,
 //! `switchboard_media_keyframe_requests_total`, `switchboard_media_renegotiations_total` (server
-//! offers), `switchboard_media_socket_errors_total`; gauges `switchboard_media_participants`,
+//! offers), `switchboard_media_layer_switches_total` (simulcast layer switches of subscriber
+//! m-lines), `switchboard_media_socket_errors_total`; gauges `switchboard_media_participants`,
 //! `switchboard_media_rooms`, `switchboard_media_tracks` (published tracks).
 
 mod sockets;
@@ -86,6 +87,12 @@ enum Command {
     Remove {
         participant: ParticipantId,
     },
+    SetPreferredSize {
+        participant: ParticipantId,
+        mid: String,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// Cheap, cloneable access to the media worker.
@@ -162,6 +169,25 @@ impl MediaHandle {
     /// Removes the participant and frees its media state ([`Sfu::remove_participant`]).
     pub fn remove(&self, participant: ParticipantId) {
         self.send(Command::Remove { participant });
+    }
+
+    /// Sets the size at which `participant` renders the video it receives on its m-line `mid`
+    /// ([`Sfu::set_preferred_size`]): the SFU forwards the smallest simulcast layer at least that
+    /// large; `0 x 0` means not rendered. Fire and forget: an unknown participant or mid is logged
+    /// by the worker.
+    pub fn set_preferred_size(
+        &self,
+        participant: ParticipantId,
+        mid: String,
+        width: u32,
+        height: u32,
+    ) {
+        self.send(Command::SetPreferredSize {
+            participant,
+            mid,
+            width,
+            height,
+        });
     }
 
     /// The addresses the media sockets are bound to (`0.0.0.0:port` with a public IP).

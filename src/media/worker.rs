@@ -129,6 +129,17 @@ fn apply(sfu: &mut Sfu, command: Command) {
             }
         }
         Command::Remove { participant } => sfu.remove_participant(participant),
+        Command::SetPreferredSize {
+            participant,
+            mid,
+            width,
+            height,
+        } => {
+            if let Err(e) = sfu.set_preferred_size(Instant::now(), participant, &mid, width, height)
+            {
+                debug!(%participant, %mid, error = %e, "preferred video size ignored");
+            }
+        }
     }
 }
 
@@ -199,6 +210,7 @@ struct Meters {
     bytes_out: Counter,
     keyframe_requests: Counter,
     renegotiations: Counter,
+    layer_switches: Counter,
     socket_errors: Counter,
     participants: Gauge,
     rooms: Gauge,
@@ -217,6 +229,7 @@ impl Meters {
             bytes_out: counter!("switchboard_media_bytes_out_total"),
             keyframe_requests: counter!("switchboard_media_keyframe_requests_total"),
             renegotiations: counter!("switchboard_media_renegotiations_total"),
+            layer_switches: counter!("switchboard_media_layer_switches_total"),
             socket_errors: counter!("switchboard_media_socket_errors_total"),
             participants: gauge!("switchboard_media_participants"),
             rooms: gauge!("switchboard_media_rooms"),
@@ -238,6 +251,11 @@ impl Meters {
             stats
                 .renegotiations
                 .saturating_sub(self.reported.renegotiations),
+        );
+        self.layer_switches.increment(
+            stats
+                .layer_switches
+                .saturating_sub(self.reported.layer_switches),
         );
         self.reported = stats;
         self.participants.set(sfu.participant_count() as f64);

@@ -57,6 +57,14 @@ pub trait MediaPlane: Send + Sync + 'static {
     fn answer(&self, participant: MediaParticipant, sdp: String) -> MediaFuture<()>;
     /// Trickle ICE candidate line for the participant.
     fn add_candidate(&self, participant: MediaParticipant, candidate: String);
+    /// The participant renders the video of its receiving m-line `mid` at `width` x `height` pixels.
+    fn set_preferred_size(
+        &self,
+        participant: MediaParticipant,
+        mid: String,
+        width: u32,
+        height: u32,
+    );
     /// Frees the participant's media state.
     fn remove(&self, participant: MediaParticipant);
 }
@@ -583,6 +591,20 @@ impl HubState {
                 tracks,
             } => self.offer(conn, id, call_id, sdp, tracks),
             ClientMessage::Answer { id, call_id, sdp } => self.answer(conn, id, call_id, sdp),
+            ClientMessage::SetPreferredVideoSize {
+                id,
+                call_id,
+                mid,
+                width,
+                height,
+            } => match self.calls.get(&call_id).and_then(|c| c.leg_of(conn)) {
+                Some(leg) => {
+                    self.media
+                        .set_preferred_size(leg.participant, mid, width, height);
+                    self.send(conn, ServerMessage::ok(id, json!({})));
+                }
+                None => self.send(conn, not_in_call(id, &call_id)),
+            },
             ClientMessage::Mute { id, call_id } => self.set_muted(conn, id, &call_id, true),
             ClientMessage::Unmute { id, call_id } => self.set_muted(conn, id, &call_id, false),
             ClientMessage::IceCandidate { call_id, candidate } => {
@@ -941,24 +963,24 @@ impl HubState {
     }
 
     fn set_muted(&mut self, conn: ConnId, id: RequestId, call_id: &str, muted: bool) {
-        let Some(call) = self.calls.get_mut(call_id) else {
-            return self.send(conn, not_in_call(id, call_id));
-        };
-        let Some(leg) = call.leg_mut(conn) else {
+        let Some(leg) = self.calls.get_mut(call_id).and_then(|c| c.leg_mut(conn)) else {
             return self.send(conn, not_in_call(id, call_id));
         };
         leg.muted = muted;
-        let me = info(leg, "Connected");
-        let others: Vec<ConnId> = call
-            .legs
-            .iter()
-            .filter(|l| l.conn != conn)
-            .map(|l| l.conn)
-            .collect();
         self.send(conn, ServerMessage::ok(id, json!({})));
-        for o in others {
+        self.announce_update(call_id, conn);
+    }
+
+    /// Tells the other legs of the call about `conn`'s leg (`participantsUpdated` with it in `updated`).
+    fn announce_update(&self, call_id: &str, conn: ConnId) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        let Some(leg) = call.leg_of(conn) else { return };
+        let me = info(leg, "Connected");
+        for other in call.legs.iter().filter(|l| l.conn != conn) {
             self.send(
-                o,
+                other.conn,
                 participants_updated(call_id, vec![], vec![], vec![me.clone()]),
             );
         }
@@ -1230,26 +1252,11 @@ impl HubState {
                 let Some((call_id, conn)) = self.participants.get(&participant).cloned() else {
                     return;
                 };
-                let Some(call) = self.calls.get_mut(&call_id) else {
-                    return;
-                };
-                let Some(leg) = call.leg_mut(conn) else {
+                let Some(leg) = self.calls.get_mut(&call_id).and_then(|c| c.leg_mut(conn)) else {
                     return;
                 };
                 leg.speaking = speaking;
-                let me = info(leg, "Connected");
-                let others: Vec<ConnId> = call
-                    .legs
-                    .iter()
-                    .filter(|l| l.conn != conn)
-                    .map(|l| l.conn)
-                    .collect();
-                for o in others {
-                    self.send(
-                        o,
-                        participants_updated(&call_id, vec![], vec![], vec![me.clone()]),
-                    );
-                }
+                self.announce_update(&call_id, conn);
             }
             MediaNotice::CodecUnsupported {
                 subscriber,

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{KeyframeRequest, KeyframeRequestKind, MediaData};
+use str0m::media::{KeyframeRequest, KeyframeRequestKind, MediaData, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Input, Rtc};
 use tracing::{debug, info, trace, warn};
@@ -16,7 +17,9 @@ use tracing::{debug, info, trace, warn};
 use super::candidate::parse_remote_candidate;
 use super::error::SfuError;
 use super::install_crypto_provider;
-use super::participant::{Outbox, Participant, Published, TrackRef, Work, WriteOutcome};
+use super::participant::{
+    ForwardSide, Outbox, Participant, Published, TrackRef, Work, WriteOutcome,
+};
 use super::speaker::{SpeakerDetector, SpeakingChange};
 use super::types::{ParticipantId, SfuConfig, SfuEvent, SfuStats, TrackSource, Transmit};
 
@@ -37,6 +40,12 @@ const KEYFRAME_WANT_TTL: Duration = Duration::from_secs(3);
 
 /// Pause between two attempts of a wanted keyframe request.
 const KEYFRAME_WANT_RETRY: Duration = Duration::from_millis(100);
+
+/// Downlink estimate a connection starts from, before TWCC feedback refines it.
+const INITIAL_BITRATE_ESTIMATE: Bitrate = Bitrate::kbps(1_500);
+
+/// How often the SFU tells each connection's bandwidth estimator what it sends and wants.
+const BITRATE_TARGET_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The members of a room and their speaker state. A room exists while it has a member.
 #[derive(Debug, Default)]
@@ -75,6 +84,8 @@ pub struct Sfu {
     by_source: HashMap<SocketAddr, ParticipantId>,
     /// Latest `now` given to any method (`None` before the first).
     last_now: Option<Instant>,
+    /// Next update of the bandwidth estimators' targets.
+    next_bitrate_targets: Option<Instant>,
     out: Outbox,
 }
 
@@ -117,6 +128,7 @@ impl Sfu {
             queued_candidates: HashMap::new(),
             by_source: HashMap::new(),
             last_now: None,
+            next_bitrate_targets: None,
             out: Outbox::default(),
         }
     }
@@ -330,6 +342,40 @@ impl Sfu {
         Ok(())
     }
 
+    /// Sets the size at which `participant` renders the video it receives on its m-line `mid`
+    /// (protocol `setPreferredVideoSize`). For a simulcast track the m-line then gets the smallest
+    /// layer at least that large (within its downlink estimate), switched at that layer's next
+    /// keyframe; `0 x 0` means not rendered: nothing is forwarded on it until a size is set again.
+    ///
+    /// # Errors
+    /// [`SfuError::UnknownParticipant`]; [`SfuError::UnknownMid`] if it receives no video on
+    /// `mid`.
+    pub fn set_preferred_size(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        mid: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&participant)
+            .ok_or(SfuError::UnknownParticipant(participant))?;
+        let (track, resumed) =
+            p.set_preferred_size(mid, width, height)
+                .ok_or_else(|| SfuError::UnknownMid {
+                    participant,
+                    mid: mid.to_string(),
+                })?;
+        debug!(%participant, %mid, width, height, "preferred video size");
+        if resumed {
+            self.want_keyframe(now, track);
+        }
+        self.settle(now);
+        Ok(())
+    }
+
     /// Removes `participant` and frees all its state (its room too when it was the last member). Its
     /// connection is closed (RTCP BYE, DTLS close_notify) so the browser notices at once; no
     /// [`SfuEvent::Disconnected`] is emitted. Its tracks are stopped at every subscriber (server
@@ -407,6 +453,10 @@ impl Sfu {
                 p.drain(now, &mut self.out);
             }
         }
+        if self.next_bitrate_targets.is_none_or(|t| t <= now) {
+            self.next_bitrate_targets = Some(now + BITRATE_TARGET_INTERVAL);
+            self.update_bitrate_targets(now);
+        }
         self.settle(now);
     }
 
@@ -433,6 +483,10 @@ impl Sfu {
                     .filter_map(|r| r.speakers.poll_timeout()),
             )
             .chain(self.keyframe_wants.iter().map(|w| w.retry_at))
+            .chain(
+                self.next_bitrate_targets
+                    .filter(|_| !self.participants.is_empty()),
+            )
             .min()
     }
 
@@ -446,6 +500,7 @@ impl Sfu {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true)
+            .enable_bwe(Some(INITIAL_BITRATE_ESTIMATE))
             .build(now);
         for c in &self.local_candidates {
             rtc.add_local_candidate(c.clone());
@@ -595,6 +650,15 @@ impl Sfu {
             publisher: from,
             mid: data.mid,
         };
+        let layers = if data.rid.is_some() {
+            publisher.ranked_layers(data.mid, now)
+        } else {
+            Vec::new()
+        };
+        let mut wanted_layers: Vec<Rid> = Vec::new();
+        let Some(room) = self.rooms.get(&room_name) else {
+            return;
+        };
         let members = room.members.clone();
         for member in members.iter().filter(|m| **m != from) {
             let Some(sub) = self.participants.get_mut(member) else {
@@ -603,8 +667,19 @@ impl Sfu {
             if sub.failure().is_some() {
                 continue;
             }
-            match sub.forward(track, data) {
+            let mut side = ForwardSide::default();
+            let outcome = sub.forward(track, data, &layers, &mut side);
+            if side.switched {
+                self.out.stats.layer_switches += 1;
+            }
+            if let Some(rid) = side.keyframe_for
+                && !wanted_layers.contains(&rid)
+            {
+                wanted_layers.push(rid);
+            }
+            match outcome {
                 None => continue,
+                Some(WriteOutcome::Skipped) => continue,
                 Some(WriteOutcome::Written) => self.out.stats.frames_forwarded += 1,
                 Some(WriteOutcome::Unsupported { source, first }) => {
                     self.out.stats.frames_dropped += 1;
@@ -627,6 +702,62 @@ impl Sfu {
             }
             sub.drain(now, &mut self.out);
         }
+        if wanted_layers.is_empty() {
+            return;
+        }
+        let Some(publisher) = self.participants.get_mut(&from) else {
+            return;
+        };
+        let mut sent = false;
+        for rid in wanted_layers {
+            if publisher.request_keyframe(data.mid, Some(rid), KeyframeRequestKind::Pli, now) {
+                self.out.stats.keyframe_requests_generated += 1;
+                sent = true;
+            }
+        }
+        if sent {
+            publisher.drain(now, &mut self.out);
+        }
+    }
+
+    /// Tells every connection's bandwidth estimator the video rate it sends now and the rate of
+    /// the layers its subscribers prefer, so str0m probes for the difference.
+    fn update_bitrate_targets(&mut self, now: Instant) {
+        let mut layers: HashMap<TrackRef, Vec<super::simulcast::LayerView>> = HashMap::new();
+        for (id, p) in &self.participants {
+            for t in p.published() {
+                if p.is_simulcast(t.mid) {
+                    let track = TrackRef {
+                        publisher: *id,
+                        mid: t.mid,
+                    };
+                    layers.insert(track, p.ranked_layers(t.mid, now));
+                }
+            }
+        }
+        if layers.is_empty() {
+            return;
+        }
+        for p in self.participants.values_mut() {
+            let (mut current, mut desired) = (0u64, 0u64);
+            for (track, preferred, layer) in p.video_subscriptions() {
+                let Some(views) = layers.get(&track) else {
+                    continue;
+                };
+                let rate = |rid: Option<Rid>| {
+                    rid.and_then(|r| views.iter().find(|v| v.rid == r))
+                        .map_or(0, |v| v.bitrate)
+                };
+                current += rate(layer);
+                desired += rate(super::simulcast::select(views, preferred, None, None));
+            }
+            if desired > 0 {
+                trace!(participant = ?p.label(), current, desired,
+                    estimate = ?p.egress_estimate(), "bitrate targets");
+                p.set_bitrate_targets(current, desired);
+                p.drain(now, &mut self.out);
+            }
+        }
     }
 
     /// Passes a keyframe request from subscriber `from` to the publisher of the track on that
@@ -637,17 +768,25 @@ impl Sfu {
         from: ParticipantId,
         request: KeyframeRequest,
     ) {
-        let Some(track) = self
-            .participants
-            .get(&from)
-            .and_then(|s| s.track_on(request.mid))
-        else {
+        let Some((track, layer)) = self.participants.get(&from).and_then(|s| {
+            s.track_on(request.mid)
+                .map(|t| (t, s.layer_on(request.mid)))
+        }) else {
             return;
         };
         let Some(publisher) = self.participants.get_mut(&track.publisher) else {
             return;
         };
-        if publisher.request_keyframe(track.mid, None, request.kind, now) {
+        let rid = if publisher.is_simulcast(track.mid) {
+            let Some(rid) = layer else {
+                // The subscriber gets no layer yet; its switch asks for the keyframe.
+                return;
+            };
+            Some(rid)
+        } else {
+            None
+        };
+        if publisher.request_keyframe(track.mid, rid, request.kind, now) {
             self.out.stats.keyframe_requests_forwarded += 1;
             publisher.drain(now, &mut self.out);
         }
@@ -686,6 +825,10 @@ impl Sfu {
                 return false;
             };
             if publisher.published_on(w.track.mid).is_none() {
+                return false;
+            }
+            if publisher.is_simulcast(w.track.mid) {
+                // Each subscriber's layer switch asks for the keyframe of its layer.
                 return false;
             }
             if publisher.request_keyframe(w.track.mid, None, KeyframeRequestKind::Pli, now) {

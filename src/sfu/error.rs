@@ -19,6 +19,14 @@ pub enum SfuError {
     /// No participant with this id.
     #[error("unknown participant {0}")]
     UnknownParticipant(ParticipantId),
+    /// The participant has no server -> client video m-line with this mid.
+    #[error("participant {participant} receives no video on m-line {mid:?}")]
+    UnknownMid {
+        /// The participant.
+        participant: ParticipantId,
+        /// The mid it named.
+        mid: String,
+    },
     /// The participant already belongs to another room; it must be removed before joining this one.
     #[error("participant {participant} is already in room {room:?}")]
     WrongRoom {

@@ -19,13 +19,18 @@
 //! to the m-lines made for it, with the payload type mapped to the subscriber's negotiated one.
 //! Keyframe requests (PLI/FIR, RFC 4585 §6.3.1, RFC 5104 §3.5.1) flow back to the publisher of
 //! the m-line's track, throttled per publisher m-line; a subscriber m-line that becomes writable
-//! asks for one too. RFC 6464 audio levels feed a per-room speaker detector
+//! asks for one too. Simulcast publishers (RFC 8853 rids) have each layer measured (resolution
+//! from keyframes, else bitrate); every subscriber m-line gets one layer, chosen from the size
+//! it renders ([`Sfu::set_preferred_size`]) and its downlink estimate (str0m's TWCC bandwidth
+//! estimation), and switched at a keyframe of the new layer, with its RTP timestamps rebased so
+//! the subscriber sees one continuous stream. RFC 6464 audio levels feed a per-room speaker detector
 //! ([`SfuEvent::Speaking`], [`SfuEvent::DominantSpeakers`]).
 
 mod candidate;
 mod engine;
 mod error;
 mod participant;
+mod simulcast;
 mod speaker;
 mod throttle;
 mod types;

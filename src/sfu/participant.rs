@@ -1,17 +1,20 @@
 //! One participant: its str0m `Rtc`, its m-lines, and the translation of str0m output into SFU work.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{
-    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid, Pt, Rid, Writer,
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt, Rid,
+    Rids, Writer,
 };
 use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use tracing::{debug, info, warn};
 
+use super::simulcast::{LayerView, TrackLayers, select};
 use super::throttle::{KEYFRAME_REQUEST_INTERVAL, Throttle};
 use super::types::{OutTrack, ParticipantId, SfuEvent, SfuStats, TrackSource, Transmit};
 
@@ -19,6 +22,9 @@ use super::types::{OutTrack, ParticipantId, SfuEvent, SfuStats, TrackSource, Tra
 /// `Output::Timeout`; the bound only keeps a bug from hanging the worker (the rest is drained on the
 /// next timeout, scheduled immediately).
 const MAX_OUTPUTS_PER_DRAIN: usize = 20_000;
+
+/// How long a downlink stays capped by its estimate after the estimate fell below the rate sent.
+const CONGESTION_HOLD: Duration = Duration::from_secs(10);
 
 /// Work one participant's output creates for the others.
 #[derive(Debug)]
@@ -103,6 +109,32 @@ struct Subscription {
     state: OutState,
     /// [`SfuEvent::CodecUnsupported`] was emitted for it.
     codec_reported: bool,
+    /// The size the subscriber renders it at (`setPreferredVideoSize`); `(0, 0)`: not rendered.
+    preferred: Option<(u32, u32)>,
+    /// Simulcast layer forwarded now (`None`: none yet, or the track has no layers).
+    current: Option<Rid>,
+    /// Simulcast layer wanted, switched to at its next keyframe.
+    target: Option<Rid>,
+    /// Added to the publisher's RTP time (in the codec clock) so that the m-line's timestamps
+    /// continue across layer switches (each layer has its own random RTP timestamp base).
+    time_offset: i64,
+    /// RTP time and arrival of the last frame written, for the offset at the next switch.
+    last_out: Option<(u64, Instant)>,
+}
+
+impl Subscription {
+    fn rendered(&self) -> bool {
+        self.preferred != Some((0, 0))
+    }
+}
+
+/// What forwarding a frame to a subscriber asked of the engine besides the write.
+#[derive(Debug, Default)]
+pub(crate) struct ForwardSide {
+    /// A keyframe of this layer is needed (the subscriber waits to switch to it).
+    pub(crate) keyframe_for: Option<Rid>,
+    /// The subscriber m-line switched layer at this frame.
+    pub(crate) switched: bool,
 }
 
 /// What a subscriber m-line made of a frame written to it.
@@ -116,6 +148,8 @@ pub(crate) enum WriteOutcome {
     },
     /// Dropped for a passing reason (not connected yet, m-line not open).
     Dropped(String),
+    /// Not for this subscriber: another simulcast layer than the one it gets, or not rendered.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,7 +175,17 @@ pub(crate) struct Participant {
     next_timeout: Option<Instant>,
     /// Latest `now` given to the `Rtc`, for the close drain of `shutdown`.
     last_now: Instant,
-    keyframe_throttle: Throttle<Mid>,
+    /// Per published m-line and simulcast layer.
+    keyframe_throttle: Throttle<(Mid, Option<Rid>)>,
+    /// Simulcast layers of its published m-lines, by mid.
+    layers: HashMap<Mid, TrackLayers>,
+    /// Latest downlink (egress) estimate of its connection, bit/s.
+    egress_estimate: Option<u64>,
+    /// Until when the downlink counts as congested (the estimate fell below what it is sent):
+    /// meanwhile the estimate caps its layers.
+    congested_until: Option<Instant>,
+    /// Video rate sent to it by the layers chosen, bit/s (updated every second).
+    sending_rate: u64,
     /// Set once the connection is over; the engine then frees the participant.
     failure: Option<String>,
 }
@@ -183,6 +227,10 @@ impl Participant {
             next_timeout: None,
             last_now: now,
             keyframe_throttle: Throttle::new(KEYFRAME_REQUEST_INTERVAL),
+            layers: HashMap::new(),
+            egress_estimate: None,
+            congested_until: None,
+            sending_rate: 0,
             failure: None,
         }
     }
@@ -365,6 +413,8 @@ impl Participant {
         if published != self.published {
             debug!(participant = %self.id, ?published, "published tracks changed");
         }
+        self.layers
+            .retain(|mid, _| published.iter().any(|p| p.mid == *mid));
         self.published = published;
         Ok(answer)
     }
@@ -405,6 +455,11 @@ impl Participant {
                     stream_id: (*label).to_string(),
                     state: OutState::ToOpen,
                     codec_reported: false,
+                    preferred: None,
+                    current: None,
+                    target: None,
+                    time_offset: 0,
+                    last_out: None,
                 });
             }
         }
@@ -504,21 +559,71 @@ impl Participant {
         Ok(opened)
     }
 
-    /// Writes a frame of publisher track `track` to the m-line open for it, if any. The caller
-    /// must drain before the next write (str0m's `WriteWithoutPoll`).
-    pub(crate) fn forward(&mut self, track: TrackRef, data: &MediaData) -> Option<WriteOutcome> {
+    /// Writes a frame of publisher track `track` to the m-line open for it, if any. For a
+    /// simulcast frame (`data.rid` set) `layers` are the track's live layers, lowest first: only
+    /// frames of the m-line's current layer are written, and it switches to the layer
+    /// [`select`]ed for it at that layer's next keyframe. The caller must drain before the next
+    /// write (str0m's `WriteWithoutPoll`).
+    pub(crate) fn forward(
+        &mut self,
+        track: TrackRef,
+        data: &MediaData,
+        layers: &[LayerView],
+        side: &mut ForwardSide,
+    ) -> Option<WriteOutcome> {
         let index = self
             .subscriptions
             .iter()
             .position(|s| s.track == track && matches!(s.state, OutState::Open(_)))?;
+        let budget = self.video_budget(data.network_time);
         // Indexing cannot fail: `index` was just found.
-        let sub = &self.subscriptions[index];
+        let sub = &mut self.subscriptions[index];
         let OutState::Open(mid) = sub.state else {
             return None;
         };
+        if !sub.rendered() {
+            sub.current = None;
+            sub.target = None;
+            return Some(WriteOutcome::Skipped);
+        }
+        if let Some(rid) = data.rid {
+            sub.target = select(layers, sub.preferred, budget, sub.current);
+            if sub.current != sub.target && sub.target == Some(rid) {
+                if data.is_keyframe() {
+                    debug!(participant = %self.id, %mid, from = ?sub.current, to = %rid,
+                        "simulcast layer switch");
+                    sub.current = Some(rid);
+                    side.switched = true;
+                    // Continue the m-line's timeline: the new layer's first frame follows the
+                    // last one written by the wall-clock time between them.
+                    sub.time_offset = match sub.last_out {
+                        Some((last, at)) => {
+                            let elapsed = data.network_time.saturating_duration_since(at);
+                            let step = (elapsed.as_secs_f64() * f64::from(data.time.denom()))
+                                .round()
+                                .max(1.0) as u64;
+                            (last.wrapping_add(step)).wrapping_sub(data.time.numer()) as i64
+                        }
+                        None => 0,
+                    };
+                } else {
+                    side.keyframe_for = Some(rid);
+                }
+            }
+            if sub.current != Some(rid) {
+                return Some(WriteOutcome::Skipped);
+            }
+        }
+        let time = MediaTime::new(
+            data.time.numer().wrapping_add_signed(sub.time_offset),
+            data.time.frequency(),
+        );
         let source = sub.source;
-        Some(match self.write_media(mid, data) {
-            Ok(()) => WriteOutcome::Written,
+        Some(match self.write_media(mid, data, time) {
+            Ok(()) => {
+                self.subscriptions[index].last_out = Some((time.numer(), data.network_time));
+                WriteOutcome::Written
+            }
             Err(WriteError::NoCodec) => {
                 let sub = &mut self.subscriptions[index];
                 let first = !sub.codec_reported;
@@ -529,6 +634,108 @@ impl Participant {
         })
     }
 
+    /// The downlink estimate shared equally by the rendered video m-lines, bit/s; `None` (no cap)
+    /// unless the downlink is congested. An estimate from an underused link only says what was
+    /// sent (str0m's TWCC estimator needs traffic or probes to grow), so it caps layers only for
+    /// [`CONGESTION_HOLD`] after the estimator lowered it below the rate actually sent.
+    fn video_budget(&self, now: Instant) -> Option<u64> {
+        if self.congested_until.is_none_or(|t| now >= t) {
+            return None;
+        }
+        let estimate = self.egress_estimate?;
+        let videos = self
+            .subscriptions
+            .iter()
+            .filter(|s| s.kind.is_video() && s.rendered() && matches!(s.state, OutState::Open(_)))
+            .count()
+            .max(1);
+        Some(estimate / videos as u64)
+    }
+
+    /// Sets the size the subscriber renders its m-line `mid` at. Returns the publisher track and
+    /// whether the m-line went from not rendered to rendered (it then needs a keyframe), or `None`
+    /// when no open or negotiating video m-line has this mid.
+    pub(crate) fn set_preferred_size(
+        &mut self,
+        mid: &str,
+        width: u32,
+        height: u32,
+    ) -> Option<(TrackRef, bool)> {
+        let sub = self.subscriptions.iter_mut().find(|s| {
+            s.kind.is_video()
+                && match s.state {
+                    OutState::Open(m) | OutState::Negotiating(m) => &*m == mid,
+                    _ => false,
+                }
+        })?;
+        let was_rendered = sub.rendered();
+        sub.preferred = Some((width, height));
+        Some((sub.track, !was_rendered && sub.rendered()))
+    }
+
+    /// The simulcast layer forwarded (else wanted) on the subscriber m-line `mid`: where its
+    /// keyframe requests go.
+    pub(crate) fn layer_on(&self, mid: Mid) -> Option<Rid> {
+        self.subscriptions
+            .iter()
+            .find(|s| matches!(s.state, OutState::Open(m) if m == mid))
+            .and_then(|s| s.current.or(s.target))
+    }
+
+    /// Accounts a frame of one of its published simulcast m-lines.
+    pub(crate) fn observe_layer(&mut self, data: &MediaData) {
+        if let Some(rid) = data.rid {
+            self.layers.entry(data.mid).or_default().observe(rid, data);
+        }
+    }
+
+    /// The live simulcast layers of its published m-line `mid`, lowest first; empty without
+    /// simulcast.
+    pub(crate) fn ranked_layers(&self, mid: Mid, now: Instant) -> Vec<LayerView> {
+        let expected = match self.rtc.media(mid).map(|m| m.rids_rx()) {
+            Some(Rids::Specific(rids)) => rids.len(),
+            _ => 0,
+        };
+        self.layers
+            .get(&mid)
+            .map(|l| l.ranked(now, expected))
+            .unwrap_or_default()
+    }
+
+    /// Whether its published m-line `mid` sends simulcast layers.
+    pub(crate) fn is_simulcast(&self, mid: Mid) -> bool {
+        self.layers.contains_key(&mid)
+    }
+
+    /// The subscribed video tracks with the preferred size and current layer of each m-line, for
+    /// the engine's bandwidth targets.
+    pub(crate) fn video_subscriptions(
+        &self,
+    ) -> impl Iterator<Item = (TrackRef, Option<(u32, u32)>, Option<Rid>)> + '_ {
+        self.subscriptions
+            .iter()
+            .filter(|s| s.kind.is_video() && s.rendered() && matches!(s.state, OutState::Open(_)))
+            .map(|s| (s.track, s.preferred, s.current))
+    }
+
+    /// Tells str0m's bandwidth estimator the rate sent now (`current`) and the rate wanted for
+    /// the preferred layers (`desired`), so it probes for the difference.
+    /// `current` is also what a falling estimate is compared with to detect congestion.
+    pub(crate) fn set_bitrate_targets(&mut self, current: u64, desired: u64) {
+        if self.failure.is_some() {
+            return;
+        }
+        self.sending_rate = current;
+        self.rtc
+            .bwe()
+            .set_bitrate(Bitrate::bps(current), Bitrate::bps(desired.max(current)));
+    }
+
+    /// Latest downlink estimate, bit/s.
+    pub(crate) fn egress_estimate(&self) -> Option<u64> {
+        self.egress_estimate
+    }
+
     /// Writes a frame received from another participant to this participant's m-line `mid`, mapping
     /// the payload type to the one negotiated here. The caller must drain before the next write to the
     /// same m-line (str0m's `WriteWithoutPoll`).
@@ -536,7 +743,12 @@ impl Participant {
     /// # Errors
     /// [`WriteError::NoCodec`] when no codec for the frame was negotiated on the m-line, else a
     /// short reason (m-line not sending, not connected yet); the frame is then dropped.
-    fn write_media(&mut self, mid: Mid, data: &MediaData) -> Result<(), WriteError> {
+    fn write_media(
+        &mut self,
+        mid: Mid,
+        data: &MediaData,
+        time: MediaTime,
+    ) -> Result<(), WriteError> {
         let Some(writer) = self.rtc.writer(mid) else {
             return Err(WriteError::Other(format!("no writable m-line {mid}")));
         };
@@ -551,12 +763,12 @@ impl Participant {
             writer = writer.video_orientation(orientation);
         }
         writer
-            .write(pt, data.network_time, data.time, data.data.clone())
+            .write(pt, data.network_time, time, data.data.clone())
             .map_err(|e| WriteError::Other(e.to_string()))
     }
 
-    /// Asks this participant (a publisher) for a keyframe on its m-line `mid`, at most once per
-    /// [`KEYFRAME_REQUEST_INTERVAL`]. Uses `kind` if negotiated, else the other kind. Returns whether a
+    /// Asks this participant (a publisher) for a keyframe on its m-line `mid` (of simulcast layer
+    /// `rid`), at most once per [`KEYFRAME_REQUEST_INTERVAL`] per m-line and layer. Uses `kind` if negotiated, else the other kind. Returns whether a
     /// request was queued; the caller must drain.
     pub(crate) fn request_keyframe(
         &mut self,
@@ -565,7 +777,7 @@ impl Participant {
         kind: KeyframeRequestKind,
         now: Instant,
     ) -> bool {
-        if !self.keyframe_throttle.allows(&mid, now) {
+        if !self.keyframe_throttle.allows(&(mid, rid), now) {
             return false;
         }
         let Some(mut writer) = self.rtc.writer(mid) else {
@@ -584,7 +796,7 @@ impl Participant {
         };
         match writer.request_keyframe(rid, kind) {
             Ok(()) => {
-                self.keyframe_throttle.record(mid, now);
+                self.keyframe_throttle.record((mid, rid), now);
                 true
             }
             Err(e) => {
@@ -647,11 +859,7 @@ impl Participant {
             // and server m-lines are tracked by their own state machine: these events add nothing.
             Event::MediaAdded(_) | Event::MediaChanged(_) => {}
             Event::MediaData(data) => {
-                if data.rid.is_some() {
-                    // Simulcast layers are not selected yet; forwarding every layer into one m-line
-                    // would garble the picture.
-                    return;
-                }
+                self.observe_layer(&data);
                 if !data.contiguous
                     && data.params.spec().codec.is_video()
                     && self.request_keyframe(data.mid, data.rid, KeyframeRequestKind::Pli, now)
@@ -662,6 +870,23 @@ impl Participant {
                     from: self.id,
                     data: Box::new(data),
                 });
+            }
+            Event::EgressBitrateEstimate(
+                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+            ) => {
+                let estimate = estimate.as_u64();
+                let previous = self.egress_estimate.replace(estimate);
+                // Congestion: the estimator lowered its estimate (delay growth or loss) below what
+                // the downlink carries. Falling while above the sent rate only tracks an underused link.
+                if previous.is_some_and(|p| (estimate as f64) < p as f64 * 0.95)
+                    && (estimate as f64) < self.sending_rate as f64 * 0.9
+                {
+                    if self.congested_until.is_none_or(|t| now >= t) {
+                        debug!(participant = %self.id, estimate, sending = self.sending_rate,
+                            "downlink congested");
+                    }
+                    self.congested_until = Some(now + CONGESTION_HOLD);
+                }
             }
             Event::KeyframeRequest(request) => {
                 out.work.push_back(Work::KeyframeRequest {

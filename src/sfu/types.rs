@@ -194,4 +194,6 @@ pub struct SfuStats {
     pub keyframe_requests_generated: u64,
     /// Server-initiated offers made (each [`SfuEvent::Offer`]).
     pub renegotiations: u64,
+    /// Simulcast layer switches of subscriber m-lines (including the first layer chosen).
+    pub layer_switches: u64,
 }

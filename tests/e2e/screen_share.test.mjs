@@ -1,6 +1,7 @@
 // Acceptance: screen sharing in a group call of two Chromium processes. Alice shares an animated canvas
 // (`call.startScreenSharing(canvas.captureStream(15))`); Bob gets a second remote video stream of type
-// ScreenSharing and decodes it; stopScreenSharing() removes it, and Alice's camera keeps flowing throughout.
+// ScreenSharing and decodes it; stopScreenSharing() removes it, and Alice's camera keeps flowing throughout. Then
+// both start sharing at once (offers crossing the server's: glare) and each gets the other's share.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
@@ -108,9 +109,39 @@ test("share an animated canvas, then stop", { timeout: 180000 }, async () => {
     assert.deepEqual(sum.events.filter((e) => e.what === "error"), [], `${p.name}: no call errors`);
   }
 
-  // Share again (a second renegotiation round trip on the same call), then leave.
-  await alice.page.evaluate(() => window.call.startScreenSharing(window.shareStream));
-  await pollUntil(() => statsByParticipant(bob.page), (st) => st[alice.id]?.screenShare?.framesDecoded > 10, { timeoutMs: 15000, intervalMs: 500, what: "Bob decodes the second share" });
+  // Both start sharing at the same moment: each one's offer tends to cross the server's offer bringing the
+  // other's share (glare, resolved by the SDK as the polite peer). Both shares arrive; negotiation settles.
+  await Promise.all(
+    [alice, bob].map((p) =>
+      p.page.evaluate(() => {
+        if (!window.shareStream) {
+          const canvas = document.createElement("canvas");
+          canvas.width = 640;
+          canvas.height = 360;
+          const ctx = canvas.getContext("2d");
+          let n = 0;
+          setInterval(() => {
+            ctx.fillStyle = `hsl(${(n += 9) % 360}, 50%, 40%)`;
+            ctx.fillRect(0, 0, 640, 360);
+          }, 66);
+          window.shareStream = canvas.captureStream(15);
+        }
+        return window.call.startScreenSharing(window.shareStream);
+      }),
+    ),
+  );
+  for (const [p, other] of [[alice, bob], [bob, alice]]) {
+    await pollUntil(() => statsByParticipant(p.page), (st) => st[other.id]?.screenShare?.framesDecoded > 10, { timeoutMs: 15000, intervalMs: 500, what: `${p.name} decodes ${other.name}'s share` });
+  }
+  for (const p of [alice, bob]) {
+    const sum = await groupSummary(p.page);
+    const counts = await p.page.evaluate(() => window.call._negotiationCounts);
+    console.log(`${p.name}: negotiation ${JSON.stringify(counts)}`);
+    assert.equal(sum.signalingState, "stable", `${p.name}: negotiation settled`);
+    assert.equal(sum.isScreenSharingOn, true);
+    assert.deepEqual(sum.participants[0].videoStreams.map((v) => v.type), ["Video", "ScreenSharing"], `${p.name}: the other's camera and share`);
+    assert.deepEqual(sum.events.filter((e) => e.what === "error"), [], `${p.name}: no call errors`);
+  }
   await alice.page.evaluate(() => window.call.hangUp());
   await pollUntil(() => groupSummary(bob.page), (s) => s.participants.length === 0, { timeoutMs: 5000, what: "Alice gone at Bob" });
   await bob.page.evaluate(() => window.call.hangUp());

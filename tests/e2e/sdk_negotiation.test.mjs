@@ -125,6 +125,7 @@ function summary() {
 const BOB = "8:acs:mock_bob";
 const CAROL = "8:acs:mock_carol";
 const DAVE = "8:acs:mock_dave";
+const ERIN = "8:acs:mock_erin";
 
 test("group call: sendonly offer with tracks, server offers map media to participants, screen share, glare, events", { timeout: 120000 }, async () => {
   await freshAgent();
@@ -226,6 +227,26 @@ test("group call: sendonly offer with tracks, server offers map media to partici
     await window.mock.unpublish(dave);
   }, DAVE);
 
+  // Glare answered before the server's offer is even sent: the SDK waits for that offer, answers it, offers again.
+  await page.evaluate((erin) => {
+    window.mock.event({ type: "participantsUpdated", callId: window.call.id, added: [{ communicationUserId: erin, displayName: "Erin", state: "Connected", isMuted: false }], removed: [], updated: [] });
+    window.mock.glareUser = erin;
+    window.mock.glareNext = "beforeOffer";
+  }, ERIN);
+  const before3 = (await summary()).sent.length;
+  await page.evaluate(() => window.call.startScreenSharing(window.animatedCanvasStream()));
+  s = await pollUntil(summary, (s) => s.signalingState === "stable" && s.participants.find((p) => p.id === ERIN)?.videoStreams[0]?.framesDecoded > 5, {
+    timeoutMs: 15000,
+    intervalMs: 300,
+    what: "after Glare-before-offer: stable, Erin's camera decoded",
+  });
+  assert.deepEqual(s.sent.slice(before3).map((m) => m.type), ["offer", "answer", "offer"], "no blind re-offers while the server's offer is on its way");
+  assert.deepEqual(s.clientTracks.map((t) => t.source), ["audio", "camera", "screenShare"]);
+  await page.evaluate(async (erin) => {
+    window.mock.event({ type: "participantsUpdated", callId: window.call.id, added: [], removed: [{ communicationUserId: erin }], updated: [] });
+    await window.mock.unpublish(erin);
+  }, ERIN);
+
   // Dominant speakers, server-reported isSpeaking, and call errors.
   await page.evaluate(({ bob, carol }) => {
     const callId = window.call.id;
@@ -249,6 +270,8 @@ test("group call: sendonly offer with tracks, server offers map media to partici
     { added: [CAROL], removed: [] },
     { added: [DAVE], removed: [] },
     { added: [], removed: [DAVE] },
+    { added: [ERIN], removed: [] },
+    { added: [], removed: [ERIN] },
     { added: [], removed: [CAROL] },
   ]);
 

@@ -147,9 +147,18 @@ function mediaOptions(options = {}) {
     video,
     muted,
     audioConstraints: isConstraints(options.audio) ? options.audio : true,
-    videoConstraints: isConstraints(options.video) ? options.video : true,
+    // Simulcast sends three layers scaled down from the camera: ask for 1280x720 unless told otherwise.
+    videoConstraints: isConstraints(options.video) ? options.video : options.simulcast ? { width: { ideal: 1280 }, height: { ideal: 720 } } : true,
+    simulcast: Boolean(options.simulcast),
   };
 }
+
+/** Camera layers sent with `simulcast: true` (rids q/h/f: quarter, half and full resolution). */
+const SIMULCAST_ENCODINGS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: "f", maxBitrate: 1500000 },
+];
 
 /** The `communicationUserId` of an identifier, a participant record or a raw id string ("" when none). */
 function idOf(x) {
@@ -664,17 +673,19 @@ export class RemoteVideoStream extends Emitter {
     return this.mediaStream;
   }
   /**
-   * Placeholder for simulcast: will tell the server the size this stream is rendered at so it can forward a
-   * matching layer. In this version it only records the size and sends nothing (the server forwards the one
-   * layer each participant sends).
+   * Tells the server the size this stream is rendered at (`setPreferredVideoSize`), so that for a simulcast
+   * publisher it forwards the smallest layer at least that large. `{width: 0, height: 0}` means not rendered:
+   * the server then forwards nothing for it.
    * @param {{width: number, height: number}} size
    * @returns {Promise<void>}
    */
   async setPreferredSize(size) {
     const width = Number(size?.width);
     const height = Number(size?.height);
-    if (!(width > 0) || !(height > 0)) throw sdkError("BadArgument", "setPreferredSize needs { width, height } > 0");
+    const hidden = width === 0 && height === 0;
+    if (!hidden && (!(width > 0) || !(height > 0))) throw sdkError("BadArgument", "setPreferredSize needs { width, height } > 0, or 0 x 0");
     this.preferredSize = { width, height };
+    if (this._sendPreferredSize) await this._sendPreferredSize(Math.round(width), Math.round(height));
   }
   /** @private */
   _setAvailable(value) {
@@ -843,6 +854,8 @@ export class Call extends Emitter {
     /** Waiters resolved when an offer made after they were registered is answered. @type {ReturnType<typeof deferred>[]} */
     this._offerWaiters = [];
     this._glareRetries = 0;
+    /** Diagnostics: offers sent, refused with Glare, server offers applied (`crossed`: while ours was out). */
+    this._negotiationCounts = { offers: 0, glare: 0, serverOffers: 0, crossed: 0 };
     /** Server `offer` events not applied yet. @type {object[]} */
     this._serverOffers = [];
     /** Set while an offer step awaits its response: wakes it when a server offer arrives. @type {Function|null} */
@@ -1285,7 +1298,9 @@ export class Call extends Emitter {
         const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
         this.peerConnection = pc;
         this._audioTransceiver = pc.addTransceiver(this._audioTrack || "audio", { direction: "sendonly", streams: [this.localMediaStream] });
-        this._videoTransceiver = pc.addTransceiver(this._videoTrack || "video", { direction: "sendonly", streams: [this.localMediaStream] });
+        const videoInit = { direction: "sendonly", streams: [this.localMediaStream] };
+        if (this._media.simulcast) videoInit.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+        this._videoTransceiver = pc.addTransceiver(this._videoTrack || "video", videoInit);
         this._ownTransceivers.add(this._audioTransceiver);
         this._ownTransceivers.add(this._videoTransceiver);
         if (this._screen) this._addScreenTransceiver(pc);
@@ -1360,11 +1375,17 @@ export class Call extends Emitter {
     try {
       const pc = await this._ensurePeerConnection();
       if (this.state === "Disconnected") return finish();
-      if (this._glareRetries > 0 && this._serverOffers.length === 0) await sleep(Math.min(50 * this._glareRetries, 500));
+      if (this._glareRetries > 0 && this._serverOffers.length === 0) {
+        // Refused with Glare before the server's own offer got here: give it time to arrive (it wakes us).
+        await Promise.race([sleep(Math.min(1000 * this._glareRetries, 3000)), new Promise((resolve) => (this._wakeOfferStep = resolve))]);
+        this._wakeOfferStep = null;
+        if (this.state === "Disconnected") return finish();
+      }
       while (this._serverOffers.length) await this._applyServerOffer(this._serverOffers.shift());
       await pc.setLocalDescription(await pc.createOffer());
       const sdp = pc.localDescription.sdp;
       const tracks = this._localTrackList();
+      this._negotiationCounts.offers++;
       const response = this._agent._request("offer", { callId: this.id, sdp, tracks }).then(
         (result) => ({ result }),
         (error) => ({ error }),
@@ -1374,6 +1395,7 @@ export class Call extends Emitter {
       for (;;) {
         if (this._serverOffers.length && this.state !== "Disconnected") {
           crossed = true;
+          this._negotiationCounts.crossed++;
           await this._applyServerOffer(this._serverOffers.shift());
           continue;
         }
@@ -1386,6 +1408,7 @@ export class Call extends Emitter {
       if (this.state === "Disconnected") return finish();
       if (outcome.error) {
         if (outcome.error.code !== "Glare") throw outcome.error;
+        this._negotiationCounts.glare++;
         if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
         return this._offerAgain(waiters, "Glare");
       }
@@ -1444,6 +1467,7 @@ export class Call extends Emitter {
         this._midInfo.set(String(t.mid), { communicationUserId: t.communicationUserId, source: t.source });
       }
     }
+    this._negotiationCounts.serverOffers++;
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     const sdp = pc.localDescription.sdp;
@@ -1512,6 +1536,8 @@ export class Call extends Emitter {
       return;
     }
     entry.stream = new RemoteVideoStream(nextStreamId++, source === "screenShare" ? "ScreenSharing" : "Video", track);
+    entry.stream._sendPreferredSize = (width, height) =>
+      this._agent._request("setPreferredVideoSize", { callId: this.id, mid, width, height }).then(() => {});
     participant._addVideoStream(entry.stream);
   }
 

@@ -102,6 +102,14 @@ pub enum ClientMessage {
         group_id: String,
         video: bool,
     },
+    /// The size (pixels) at which the client renders the remote video on its m-line `mid`; picks the simulcast layer.
+    SetPreferredVideoSize {
+        id: RequestId,
+        call_id: String,
+        mid: String,
+        width: u32,
+        height: u32,
+    },
     /// Microphone muted.
     Mute { id: RequestId, call_id: String },
     /// Microphone unmuted.
@@ -126,6 +134,7 @@ impl ClientMessage {
             | ClientMessage::Offer { id, .. }
             | ClientMessage::Answer { id, .. }
             | ClientMessage::Join { id, .. }
+            | ClientMessage::SetPreferredVideoSize { id, .. }
             | ClientMessage::Mute { id, .. }
             | ClientMessage::Unmute { id, .. } => Some(id),
             ClientMessage::IceCandidate { .. } => None,
@@ -285,6 +294,24 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
                 }
             },
         },
+        "setPreferredVideoSize" => {
+            let dim = |name: &str| match obj.get(name).and_then(Value::as_u64) {
+                Some(v) if v <= 16384 => Ok(v as u32),
+                _ => Err(err(
+                    id,
+                    format!(
+                        "field \"{name}\" of \"setPreferredVideoSize\" must be an integer 0..=16384"
+                    ),
+                )),
+            };
+            ClientMessage::SetPreferredVideoSize {
+                id: need_id()?,
+                call_id: s("callId")?,
+                mid: s("mid")?,
+                width: dim("width")?,
+                height: dim("height")?,
+            }
+        }
         "answer" => ClientMessage::Answer {
             id: need_id()?,
             call_id: s("callId")?,

@@ -5,7 +5,8 @@
 //
 //   window.mock.sent            every frame the SDK sent, parsed
 //   window.mock.glareNext       make the next client `offer` cross a server offer (publishing glareUser's camera)
-//                               and fail with Glare (true: at once; "afterAnswer": once the server offer is answered)
+//                               and fail with Glare (true: at once; "afterAnswer": once the server offer is answered;
+//                               "beforeOffer": Glare first, the server offer 300 ms later)
 //   window.mock.publish(user, sources)   the SFU adds m-lines for `user` (`["audio","camera","screenShare"]`)
 //   window.mock.unpublish(user, source?) the SFU stops them
 //   window.mock.event(obj)      sends an event to the SDK
@@ -145,7 +146,7 @@ class Mock {
     this.glareNext = false;
     this.glareUser = "8:acs:mock_carol";
     this.nextCall = 1;
-    this.users = ["8:acs:mock_bob", "8:acs:mock_carol", "8:acs:mock_dave"];
+    this.users = ["8:acs:mock_bob", "8:acs:mock_carol", "8:acs:mock_dave", "8:acs:mock_erin"];
     /** Participants of the group call, as join reports them. */
     this.groupParticipants = [{ communicationUserId: "8:acs:mock_bob", displayName: "Bob", state: "Connected", isMuted: false, isSpeaking: false }];
   }
@@ -195,6 +196,13 @@ class Mock {
             // offer was answered, which only a client that answers while its own offer is out gets past.
             const mode = this.glareNext;
             this.glareNext = false;
+            if (mode === "beforeOffer") {
+              // Glare first, the server's offer 300 ms later (it was still being prepared).
+              fail("Glare", "the server has an offer outstanding on this call");
+              await sleep(300);
+              await call.publish(this.glareUser, ["camera"]);
+              return;
+            }
             const started = call.publish(this.glareUser, ["camera"]);
             while (!call.offerOutstanding) await sleep(5);
             if (mode === "afterAnswer") await started;
