@@ -849,7 +849,11 @@ fn removed_participant_is_freed_and_its_datagrams_refused() {
     assert!(offers[1].is_empty(), "A's tracks are gone: {:?}", offers[1]);
     for mid in mids {
         let media = net.clients[b].rtc.media(mid).expect("m-line");
-        assert!(media.disabled(), "m-line {mid} stopped at B");
+        assert_eq!(
+            media.direction(),
+            Direction::Inactive,
+            "m-line {mid} inactive at B (kept for the next track)"
+        );
     }
     assert_eq!(net.sfu.subscription_count(), 0);
 
@@ -1171,12 +1175,13 @@ fn screen_share_is_added_and_stopped_by_renegotiation() {
         assert_eq!(ids(last), audio_and_camera(&others));
     }
     let b = net.client(ParticipantId(2));
-    assert!(
+    assert_eq!(
         net.clients[b]
             .rtc
             .media(screen_at_b)
             .expect("m-line")
-            .disabled()
+            .direction(),
+        Direction::Inactive
     );
     // The camera goes on at B with its source kept (no sources given in the second re-offer).
     net.clients[b].events.clear();
@@ -1218,9 +1223,10 @@ fn leaving_member_is_stopped_at_the_others() {
                     .rtc
                     .media(Mid::from(t.mid.as_str()))
                     .expect("m-line")
-                    .disabled()
+                    .direction()
+                    == Direction::Inactive
             });
-        assert!(stopped, "client {me}: the leaver's m-lines are stopped");
+        assert!(stopped, "client {me}: the leaver's m-lines are inactive");
     }
     assert_eq!(net.sfu.subscription_count(), 4);
     for c in &mut net.clients {
@@ -1398,4 +1404,133 @@ fn audio_levels_drive_speaking_and_dominant_speakers() {
             .iter()
             .any(|d| d.ext_vals.audio_level == Some(-25))
     );
+}
+
+// ---- churn ----
+
+/// Number of m-lines in an SDP.
+fn m_lines(sdp: &str) -> usize {
+    sdp.split("\r\n").filter(|l| l.starts_with("m=")).count()
+}
+
+/// The SDP of the last server offer made to `id`.
+fn last_offer_sdp(net: &Net, id: ParticipantId) -> Option<&str> {
+    net.sfu_events.iter().rev().find_map(|e| match e {
+        SfuEvent::Offer {
+            participant, sdp, ..
+        } if *participant == id => Some(sdp.as_str()),
+        _ => None,
+    })
+}
+
+#[test]
+fn churn_reuses_inactive_m_lines_so_the_sdp_stays_bounded() {
+    let mut net = Net::new();
+    let stayer_id = ParticipantId(1);
+    net.add_and_join(1, "10.0.0.2:5000", default_codecs);
+    net.connect_all();
+    let mut first_mids: Vec<Mid> = Vec::new();
+    let mut sizes = Vec::new();
+    let mut last_time: Option<u64> = None;
+    let cycles = 30u64;
+    for i in 0..cycles {
+        let id = 100 + i;
+        let c = net.add_and_join(id, &format!("10.0.1.{}:5000", i + 1), default_codecs);
+        net.connect_all();
+        let stayer = net.client(stayer_id);
+        let mids: Vec<Mid> = [TrackSource::Audio, TrackSource::Camera]
+            .iter()
+            .map(|s| {
+                net.clients[stayer]
+                    .mid_for(ParticipantId(id), *s)
+                    .expect("the stayer has an m-line for the publisher")
+            })
+            .collect();
+        if i == 0 {
+            first_mids = mids.clone();
+        } else {
+            assert_eq!(
+                mids, first_mids,
+                "cycle {i}: the m-lines of the first publisher are reused"
+            );
+        }
+        let sdp = last_offer_sdp(&net, stayer_id).expect("a server offer");
+        // Its own audio and camera, and one audio and one video m-line for the publisher.
+        assert_eq!(m_lines(sdp), 4, "cycle {i}");
+        sizes.push(sdp.len());
+
+        let last = i + 1 == cycles;
+        // Media on a few of the cycles (every one costs virtual time), and on the last.
+        if i % 10 == 0 || last {
+            for c in &mut net.clients {
+                c.events.clear();
+            }
+            let ticks = 20;
+            // Each publisher's RTP timeline starts a minute before the previous one's.
+            let base = Duration::from_secs(3600 - 60 * i);
+            for tick in 0..ticks {
+                let now = net.now;
+                let at = base + Duration::from_millis(20 * u64::from(tick));
+                let p = &mut net.clients[c];
+                let (audio, video) = (p.audio, p.video);
+                p.write(audio, Codec::Opus, at, now, audio_frame(id, tick));
+                if tick.is_multiple_of(2) {
+                    p.write(video, Codec::Vp8, at, now, vp8_frame(id, tick));
+                }
+                net.run_for(Duration::from_millis(20));
+            }
+            net.run_for(Duration::from_millis(200));
+            let stayer = net.client(stayer_id);
+            assert_receives(&net, stayer, c, ticks, vp8_frame);
+            // On the announced mids: the frames there are the publisher's.
+            for (mid, source) in mids.iter().zip([TrackSource::Audio, TrackSource::Camera]) {
+                let on_mid = net.clients[stayer].media(*mid);
+                assert!(!on_mid.is_empty(), "cycle {i}: frames on {mid}");
+                let at = if source == TrackSource::Audio { 1 } else { 6 };
+                assert!(
+                    on_mid.iter().all(|d| d.data[at] == id as u8),
+                    "cycle {i}: {source:?} frames on {mid} are {id}'s"
+                );
+            }
+            // The publisher's timeline continues that of the m-line's previous track.
+            let times: Vec<u64> = net.clients[stayer]
+                .media(mids[0])
+                .iter()
+                .map(|d| d.time.numer())
+                .collect();
+            assert!(
+                times.windows(2).all(|w| w[0] < w[1]),
+                "cycle {i}: audio RTP times increase: {times:?}"
+            );
+            if let (Some(prev), Some(first)) = (last_time, times.first()) {
+                assert!(
+                    *first > prev,
+                    "cycle {i}: the RTP time continues on the reused m-line: {prev} -> {first}"
+                );
+            }
+            last_time = times.last().copied();
+        }
+        if last {
+            break;
+        }
+        net.sfu.remove_participant(ParticipantId(id));
+        net.clients.remove(c);
+        net.run_for(Duration::from_millis(200));
+        let sdp = last_offer_sdp(&net, stayer_id).expect("a server offer");
+        assert_eq!(m_lines(sdp), 4, "cycle {i}: after the leave");
+        assert!(
+            net.offers_to(stayer_id).last().expect("offer").is_empty(),
+            "cycle {i}: the leaver's m-lines are no longer announced"
+        );
+        assert_eq!(net.sfu.subscription_count(), 0);
+    }
+    let (min, max) = (
+        sizes.iter().min().copied().unwrap_or(0),
+        sizes.iter().max().copied().unwrap_or(0),
+    );
+    assert!(
+        max - min < 1024,
+        "the server offer does not grow: {sizes:?}"
+    );
+    assert_eq!(net.sfu.subscription_count(), 4);
 }

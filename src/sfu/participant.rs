@@ -92,10 +92,30 @@ enum OutState {
     Negotiating(Mid),
     /// Answered: frames of the publisher track are written here.
     Open(Mid),
-    /// The publisher track is gone; goes into the next server offer as stopped.
+    /// The publisher track is gone; goes into the next server offer as `inactive`.
     ToStop(Mid),
-    /// Stopped in the outstanding server offer; forgotten when it is answered.
+    /// Made `inactive` in the outstanding server offer; becomes a [`Spare`] when it is answered.
     NegotiatingStop(Mid),
+}
+
+/// A server -> client m-line that carries no track any more, kept `inactive` for the next track of
+/// its kind.
+///
+/// JSEP (RFC 8829 §5.2.2) lets an offerer reuse the slot of a stopped m-line, but str0m's own offers
+/// never do: every `add_media` appends an m-line and a stopped (port 0) one stays in the session
+/// for good. Stopping the m-lines of leaving publishers would so grow every subscriber's SDP with
+/// each join and leave, until it no longer fits a signaling frame. Instead such an m-line is turned
+/// `inactive` and given, with a new direction, to the next track of the same kind: the m-lines of
+/// a session are bounded by the most tracks it received at once (plus those changing hands).
+/// The m-line keeps its `a=msid` (str0m cannot change it); clients map mids to publishers by the
+/// `tracks` of each server offer, which never lists a spare.
+#[derive(Debug, Clone, Copy)]
+struct Spare {
+    mid: Mid,
+    kind: MediaKind,
+    /// RTP time and arrival of the last frame written on it, so that the next track continues
+    /// its timeline.
+    last_out: Option<(u64, Instant)>,
 }
 
 /// A subscription: one publisher track sent to this participant on an m-line the SFU added.
@@ -120,6 +140,9 @@ struct Subscription {
     time_offset: i64,
     /// RTP time and arrival of the last frame written, for the offset at the next switch.
     last_out: Option<(u64, Instant)>,
+    /// The m-line was a [`Spare`]: its first frame continues the timeline of the last one written
+    /// on it (`last_out`), so the receiver sees no jump in RTP time.
+    rebase: bool,
 }
 
 impl Subscription {
@@ -168,6 +191,8 @@ pub(crate) struct Participant {
     rtc: Rtc,
     published: Vec<Published>,
     subscriptions: Vec<Subscription>,
+    /// Inactive server m-lines, reused before new ones are added.
+    spares: Vec<Spare>,
     /// The outstanding server offer.
     pending: Option<SdpPendingOffer>,
     link: Link,
@@ -197,6 +222,7 @@ impl std::fmt::Debug for Participant {
             .field("room", &self.room)
             .field("published", &self.published)
             .field("subscriptions", &self.subscriptions)
+            .field("spares", &self.spares)
             .field("pending", &self.pending.is_some())
             .field("link", &self.link)
             .field("failure", &self.failure)
@@ -220,6 +246,7 @@ impl Participant {
             rtc,
             published: Vec::new(),
             subscriptions: Vec::new(),
+            spares: Vec::new(),
             pending: None,
             link: Link::Connecting {
                 deadline: connect_deadline,
@@ -380,6 +407,7 @@ impl Participant {
                 | OutState::ToStop(m)
                 | OutState::NegotiatingStop(m) => Some(m),
             })
+            .chain(self.spares.iter().map(|s| s.mid))
             .collect();
         let mut published: Vec<Published> = Vec::new();
         for mid in mids.into_iter().filter(|m| !ours.contains(m)) {
@@ -460,28 +488,58 @@ impl Participant {
                     target: None,
                     time_offset: 0,
                     last_out: None,
+                    rebase: false,
                 });
             }
         }
     }
 
     /// Makes a server offer for the subscriptions to open or stop, unless one is outstanding.
-    /// Returns the offer and the m-lines the participant has once it accepts it.
+    /// A subscription to open takes a [`Spare`] m-line of its kind if there is one (made `sendonly`
+    /// again), else a new m-line; one to stop turns `inactive`. Returns the offer and the m-lines
+    /// the participant has once it accepts it.
     pub(crate) fn make_offer(&mut self) -> Option<(String, Vec<OutTrack>)> {
         if self.pending.is_some() || self.failure.is_some() {
             return None;
         }
-        if !self
-            .subscriptions
-            .iter()
-            .any(|s| matches!(s.state, OutState::ToOpen | OutState::ToStop(_)))
+        // A spare the session no longer has inactive (an offer of the client turned it): the next
+        // offer makes it inactive again.
+        let spare_astray = self.spares.iter().any(|sp| {
+            self.rtc
+                .media(sp.mid)
+                .is_some_and(|m| m.direction() != Direction::Inactive)
+        });
+        if !spare_astray
+            && !self
+                .subscriptions
+                .iter()
+                .any(|s| matches!(s.state, OutState::ToOpen | OutState::ToStop(_)))
         {
             return None;
         }
+        // Spares the session stopped (rejected by the client) cannot carry a track again.
+        let rtc = &self.rtc;
+        self.spares
+            .retain(|sp| rtc.media(sp.mid).is_some_and(|m| !m.disabled()));
         let mut api = self.rtc.sdp_api();
+        for sp in &self.spares {
+            api.set_direction(sp.mid, Direction::Inactive);
+        }
         for s in &mut self.subscriptions {
             match s.state {
                 OutState::ToOpen => {
+                    if let Some(i) = self.spares.iter().position(|sp| sp.kind == s.kind) {
+                        let spare = self.spares.remove(i);
+                        // Already inactive: the second call alone makes the change to negotiate.
+                        api.set_direction(spare.mid, Direction::Inactive);
+                        api.set_direction(spare.mid, Direction::SendOnly);
+                        s.last_out = spare.last_out;
+                        s.rebase = spare.last_out.is_some();
+                        s.state = OutState::Negotiating(spare.mid);
+                        debug!(participant = %self.id, mid = %spare.mid, publisher = %s.track.publisher,
+                            "spare m-line reused");
+                        continue;
+                    }
                     let mid = api.add_media(
                         s.kind,
                         Direction::SendOnly,
@@ -492,20 +550,41 @@ impl Participant {
                     s.state = OutState::Negotiating(mid);
                 }
                 OutState::ToStop(mid) => {
-                    api.stop_media(mid);
+                    api.set_direction(mid, Direction::Inactive);
                     s.state = OutState::NegotiatingStop(mid);
                 }
                 _ => {}
             }
         }
         let Some((offer, pending)) = api.apply() else {
-            // Only stops of m-lines already stopped: nothing to negotiate.
-            self.subscriptions
-                .retain(|s| !matches!(s.state, OutState::NegotiatingStop(_)));
+            // Only m-lines already inactive or stopped: nothing to negotiate.
+            self.release_stopping();
             return None;
         };
         self.pending = Some(pending);
         Some((offer.to_sdp_string(), self.out_tracks()))
+    }
+
+    /// Turns the subscriptions made inactive in the last server offer into [`Spare`]s (those the
+    /// client rejected are forgotten: a stopped m-line cannot be enabled again).
+    fn release_stopping(&mut self) {
+        let rtc = &self.rtc;
+        let spares = &mut self.spares;
+        self.subscriptions.retain(|s| {
+            let OutState::NegotiatingStop(mid) = s.state else {
+                return true;
+            };
+            if rtc.media(mid).is_some_and(|m| !m.disabled())
+                && !spares.iter().any(|sp| sp.mid == mid)
+            {
+                spares.push(Spare {
+                    mid,
+                    kind: s.kind,
+                    last_out: s.last_out,
+                });
+            }
+            false
+        });
     }
 
     /// The server -> client m-lines being negotiated or open.
@@ -535,18 +614,34 @@ impl Participant {
     ) -> Result<Vec<TrackRef>, Option<String>> {
         let pending = self.pending.take().ok_or(None)?;
         if let Err(e) = self.rtc.sdp_api().accept_answer(pending, answer) {
+            // set_direction already made the stopping m-lines inactive locally; the next offer
+            // carries them so.
+            self.release_stopping();
+            let mut reverted = Vec::new();
             for s in &mut self.subscriptions {
-                if let OutState::Negotiating(_) = s.state {
+                if let OutState::Negotiating(mid) = s.state {
                     s.state = OutState::ToOpen;
+                    // A reused spare was made sendonly locally: it is a spare again (the new
+                    // m-lines of the void offer never made it into the session).
+                    if self.rtc.media(mid).is_some_and(|m| !m.disabled()) {
+                        reverted.push(Spare {
+                            mid,
+                            kind: s.kind,
+                            last_out: s.last_out.take(),
+                        });
+                    }
+                    s.rebase = false;
                 }
             }
-            // stop_media already stopped these m-lines locally; the next offer carries them so.
-            self.subscriptions
-                .retain(|s| !matches!(s.state, OutState::NegotiatingStop(_)));
+            let mut api = self.rtc.sdp_api();
+            for sp in &reverted {
+                api.set_direction(sp.mid, Direction::Inactive);
+            }
+            drop(api);
+            self.spares.extend(reverted);
             return Err(Some(e.to_string()));
         }
-        self.subscriptions
-            .retain(|s| !matches!(s.state, OutState::NegotiatingStop(_)));
+        self.release_stopping();
         let mut opened = Vec::new();
         for s in &mut self.subscriptions {
             if let OutState::Negotiating(m) = s.state {
@@ -596,16 +691,8 @@ impl Participant {
                     side.switched = true;
                     // Continue the m-line's timeline: the new layer's first frame follows the
                     // last one written by the wall-clock time between them.
-                    sub.time_offset = match sub.last_out {
-                        Some((last, at)) => {
-                            let elapsed = data.network_time.saturating_duration_since(at);
-                            let step = (elapsed.as_secs_f64() * f64::from(data.time.denom()))
-                                .round()
-                                .max(1.0) as u64;
-                            (last.wrapping_add(step)).wrapping_sub(data.time.numer()) as i64
-                        }
-                        None => 0,
-                    };
+                    sub.time_offset = continued_offset(sub.last_out, data);
+                    sub.rebase = false;
                 } else {
                     side.keyframe_for = Some(rid);
                 }
@@ -613,6 +700,10 @@ impl Participant {
             if sub.current != Some(rid) {
                 return Some(WriteOutcome::Skipped);
             }
+        } else if sub.rebase {
+            // A reused m-line: the new track continues the timeline of the one it carried.
+            sub.time_offset = continued_offset(sub.last_out, data);
+            sub.rebase = false;
         }
         let time = MediaTime::new(
             data.time.numer().wrapping_add_signed(sub.time_offset),
@@ -927,6 +1018,21 @@ impl Participant {
                 }
             }
         }
+    }
+}
+
+/// The offset to add to `data`'s RTP time so that it follows the last frame written on an m-line
+/// (`last_out`: its RTP time and arrival) by the wall-clock time between them; 0 without one.
+fn continued_offset(last_out: Option<(u64, Instant)>, data: &MediaData) -> i64 {
+    match last_out {
+        Some((last, at)) => {
+            let elapsed = data.network_time.saturating_duration_since(at);
+            let step = (elapsed.as_secs_f64() * f64::from(data.time.denom()))
+                .round()
+                .max(1.0) as u64;
+            (last.wrapping_add(step)).wrapping_sub(data.time.numer()) as i64
+        }
+        None => 0,
     }
 }
 
