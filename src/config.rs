@@ -96,6 +96,12 @@ pub struct Overrides {
     /// `--demo`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub demo: Option<bool>,
+    /// `--log`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
 }
 
 impl Config {

@@ -36,7 +36,7 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Config file (TOML); default ./switchboard.toml when present. [env: SWITCHBOARD_CONFIG]
+    /// Config file (TOML); default ./switchboard.toml when present.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory: SQLite store, TLS certificate, connection string. [default: ./data]
@@ -69,6 +69,12 @@ struct ServeArgs {
     /// Open the demo sign-in (/demo) to every client, not only loopback ones.
     #[arg(long)]
     demo: bool,
+    /// Log filter, tracing EnvFilter syntax (RUST_LOG overrides it). [default: info]
+    #[arg(long)]
+    log: Option<String>,
+    /// Log format: text or json. [default: text]
+    #[arg(long)]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,6 +135,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         tls_key: args.tls_key,
         ring_timeout: args.ring_timeout,
         demo: args.demo.then_some(true),
+        log: args.log,
+        log_format: args.log_format,
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = match Config::load(args.config.as_deref(), &env, &flags) {
