@@ -138,6 +138,13 @@ fn invalid_configuration_exits_64_naming_the_key() {
     );
 
     let out = Command::new(BIN)
+        .args(["serve", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log_format"));
+
+    let out = Command::new(BIN)
         .args(["serve", "--https-port", "99999"])
         .output()
         .unwrap();
