@@ -14,8 +14,8 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTi
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use switchboard::sfu::{
-    CONNECT_TIMEOUT, KEYFRAME_REQUEST_INTERVAL, OutTrack, ParticipantId, Sfu, SfuConfig, SfuError,
-    SfuEvent, TrackSource, install_crypto_provider,
+    CONNECT_TIMEOUT, IDLE_TIMEOUT, KEYFRAME_REQUEST_INTERVAL, OutTrack, ParticipantId, Sfu,
+    SfuConfig, SfuError, SfuEvent, TrackSource, install_crypto_provider,
 };
 
 const ROOM: &str = "room-1";
@@ -55,6 +55,9 @@ struct Client {
     sent: Vec<Vec<u8>>,
     /// Unplugged clients neither send nor receive.
     plugged: bool,
+    /// Its STUN binding requests are lost (everything else goes through), as from a peer that
+    /// sends no consent checks once connected (libnice 0.1.21 sends only binding indications).
+    drop_binding_requests: bool,
     /// Answer server offers as they come (else they wait in `inbox`).
     auto_answer: bool,
     inbox: VecDeque<(String, Vec<OutTrack>)>,
@@ -94,6 +97,7 @@ impl Client {
             timeout: None,
             sent: Vec::new(),
             plugged: true,
+            drop_binding_requests: false,
             auto_answer: true,
             inbox: VecDeque::new(),
             offers: Vec::new(),
@@ -344,7 +348,8 @@ impl Net {
                     }
                     Output::Transmit(t) => {
                         let contents: Vec<u8> = t.contents.into();
-                        if !c.plugged {
+                        if !c.plugged || (c.drop_binding_requests && is_binding_request(&contents))
+                        {
                             continue;
                         }
                         if t.destination == sfu_addr() {
@@ -515,6 +520,12 @@ impl Net {
             })
             .collect()
     }
+}
+
+/// A STUN Binding request (RFC 8489 §5: type 0x0001, magic cookie 0x2112A442).
+fn is_binding_request(datagram: &[u8]) -> bool {
+    datagram.get(..2) == Some(&[0x00, 0x01])
+        && datagram.get(4..8) == Some(&[0x21, 0x12, 0xa4, 0x42])
 }
 
 fn default_codecs(c: RtcConfig) -> RtcConfig {
@@ -874,21 +885,116 @@ fn removed_participant_is_freed_and_its_datagrams_refused() {
     );
 }
 
+/// When `id`'s `Disconnected` was emitted, with its reason.
+fn disconnected(net: &Net, id: ParticipantId) -> Option<String> {
+    net.sfu_events.iter().find_map(|e| match e {
+        SfuEvent::Disconnected {
+            participant,
+            reason,
+        } if *participant == id => Some(reason.clone()),
+        _ => None,
+    })
+}
+
 #[test]
 fn silent_client_is_disconnected_and_freed() {
     let (mut net, _a, b) = two_clients(default_codecs);
     net.clients[b].plugged = false;
-    net.run_until(Duration::from_secs(60), "B disconnected", |net| {
-        net.sfu_events.iter().any(
-            |e| matches!(e, SfuEvent::Disconnected { participant, .. } if *participant == ParticipantId(2)),
-        )
-    });
+    let unplugged = net.now;
+    net.run_until(
+        IDLE_TIMEOUT + Duration::from_secs(5),
+        "B disconnected",
+        |net| disconnected(net, ParticipantId(2)).is_some(),
+    );
+    // Ended by the SFU's idle timeout, not by str0m's 15 s ICE-lite binding-request timeout.
+    let silence = net.now - unplugged;
+    assert!(
+        silence >= IDLE_TIMEOUT - Duration::from_secs(1)
+            && silence <= IDLE_TIMEOUT + Duration::from_secs(1),
+        "B dropped after {silence:?} of silence"
+    );
+    let reason = disconnected(&net, ParticipantId(2)).unwrap_or_default();
+    assert!(reason.contains("nothing received"), "{reason}");
     assert_eq!(net.sfu.participant_count(), 1);
     assert_eq!(net.sfu.room_of(ParticipantId(2)), None);
     // A's m-lines for B are stopped.
     net.run_for(Duration::from_millis(200));
     let offers = net.offers_to(ParticipantId(1));
     assert!(offers.last().is_some_and(|t| t.is_empty()), "{offers:?}");
+}
+
+/// A peer that sends no binding requests once connected (Debian 12's libnice 0.1.21 in GStreamer
+/// 1.22 keeps the path with a binding indication every 25 s) while media flows both ways: str0m's
+/// ICE-lite agent gives its pair up after 15 s without requests, but the SFU keeps the connection as
+/// long as datagrams arrive, and media keeps flowing both ways. Silent, it is dropped after
+/// `IDLE_TIMEOUT`.
+#[test]
+fn peer_without_binding_requests_stays_connected_while_media_flows() {
+    let (mut net, a, b) = two_clients(default_codecs);
+    net.clients[a].drop_binding_requests = true;
+    let media = |net: &Net, to: usize, from: usize, source: TrackSource| {
+        net.clients[to]
+            .media_from(net.clients[from].id, source)
+            .len()
+    };
+    let counts = |net: &Net| {
+        [
+            media(net, a, b, TrackSource::Audio),
+            media(net, a, b, TrackSource::Camera),
+            media(net, b, a, TrackSource::Audio),
+            media(net, b, a, TrackSource::Camera),
+        ]
+    };
+    let start = net.now;
+    let mut tick = 0u8;
+    // Well past str0m's 15 s and the idle timeout.
+    while net.now - start < IDLE_TIMEOUT + Duration::from_secs(10) {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+        tick = tick.wrapping_add(1);
+    }
+    let before = counts(&net);
+    let window = Duration::from_secs(5);
+    let window_start = net.now;
+    let mut talks = 0;
+    while net.now - window_start < window {
+        net.talk(tick, Codec::Vp8, vp8_frame);
+        tick = tick.wrapping_add(1);
+        talks += 1;
+    }
+    assert_eq!(disconnected(&net, ParticipantId(1)), None, "A is kept");
+    assert_eq!(net.sfu.participant_count(), 2);
+    // Of what each sent in the last 5 s (an audio frame per talk, a video frame every other),
+    // nearly all arrived.
+    let after = counts(&net);
+    let got: Vec<usize> = after.iter().zip(before).map(|(n, m)| n - m).collect();
+    let (audio, video) = (talks * 9 / 10, talks / 2 * 9 / 10);
+    let want = [audio, video, audio, video];
+    assert!(
+        got.iter().zip(want).all(|(g, w)| *g >= w),
+        "frames in the last 5 s (A<-B audio, video, B<-A audio, video): {got:?}, want {want:?}"
+    );
+    assert!(
+        !net.sfu_events
+            .iter()
+            .any(|e| matches!(e, SfuEvent::Disconnected { .. })),
+        "no one disconnected"
+    );
+
+    // Silent from now on: dropped after the idle timeout.
+    net.clients[a].plugged = false;
+    let unplugged = net.now;
+    net.run_until(
+        IDLE_TIMEOUT + Duration::from_secs(5),
+        "A disconnected",
+        |net| disconnected(net, ParticipantId(1)).is_some(),
+    );
+    let silence = net.now - unplugged;
+    assert!(
+        silence >= IDLE_TIMEOUT - Duration::from_secs(1)
+            && silence <= IDLE_TIMEOUT + Duration::from_secs(1),
+        "A dropped after {silence:?} of silence"
+    );
+    assert_eq!(net.sfu.participant_count(), 1);
 }
 
 #[test]

@@ -28,6 +28,18 @@ use super::types::{ParticipantId, SfuConfig, SfuEvent, SfuStats, TrackSource, Tr
 /// connectivity check, so without this an abandoned offer would hold its state forever.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a connected participant may send nothing at all (no STUN, DTLS, SRTP or SRTCP
+/// datagram) before it is dropped with [`SfuEvent::Disconnected`].
+///
+/// An ICE-lite server sends no checks of its own (RFC 8445 §2.5), so liveness can only come from
+/// what the peer sends. str0m's ICE-lite agent declares the pair dead after 15 s without a binding
+/// *request*, which drops peers that keep their NAT binding with binding *indications* (libnice
+/// 0.1.21 sends one every 25 s, RFC 8445 §11) while media flows; that state change is therefore
+/// not taken as the end of a connection that ever connected. A peer sending media or RTCP
+/// (receivers send reports every few seconds) or indications stays; one that is gone is noticed
+/// after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Most trickled candidates kept for one participant whose offer has not arrived yet.
 const MAX_QUEUED_CANDIDATES: usize = 64;
 
@@ -431,7 +443,7 @@ impl Sfu {
     }
 
     /// Advances the timers of every participant due at `now` (retransmissions, RTCP reports, ICE
-    /// consent, connect timeout) and of every room (speaker detection). Calling it early or late is
+    /// pair timeouts, connect and idle timeouts) and of every room (speaker detection). Calling it early or late is
     /// harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut changes = Vec::new();

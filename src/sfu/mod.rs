@@ -7,7 +7,10 @@
 //!
 //! The server is ICE-lite (RFC 8445 §2.5): it advertises host candidates only and answers the
 //! browser's connectivity checks; peer-reflexive remote candidates (RFC 8445 §7.3.1.3) are learnt from
-//! those checks, so browsers that hide their addresses behind mDNS names connect too.
+//! those checks, so browsers that hide their addresses behind mDNS names connect too. Sending no
+//! checks itself, it takes a connected peer for alive while any datagram comes from it and ends the
+//! connection after [`IDLE_TIMEOUT`] of silence, not when str0m's ICE-lite agent stops seeing binding
+//! requests (some peers keep the path with binding indications only).
 //!
 //! Media is forwarded in str0m's frame mode (str0m packetizes, answers NACKs and sends RTX per leg).
 //! A client offers only its own sending m-lines; each is a published track with a
@@ -35,7 +38,7 @@ mod speaker;
 mod throttle;
 mod types;
 
-pub use engine::{CONNECT_TIMEOUT, Sfu};
+pub use engine::{CONNECT_TIMEOUT, IDLE_TIMEOUT, Sfu};
 pub use error::SfuError;
 pub use throttle::KEYFRAME_REQUEST_INTERVAL;
 pub use types::{

@@ -14,6 +14,7 @@ use str0m::media::{
 use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use tracing::{debug, info, warn};
 
+use super::engine::IDLE_TIMEOUT;
 use super::simulcast::{LayerView, TrackLayers, select};
 use super::throttle::{KEYFRAME_REQUEST_INTERVAL, Throttle};
 use super::types::{OutTrack, ParticipantId, SfuEvent, SfuStats, TrackSource, Transmit};
@@ -179,7 +180,8 @@ pub(crate) enum WriteOutcome {
 enum Link {
     /// Offer answered, ICE not connected yet; given up at `deadline`.
     Connecting { deadline: Instant },
-    /// ICE connected at least once.
+    /// ICE connected at least once. From then on the connection lives as long as datagrams keep
+    /// coming from the peer (see [`IDLE_TIMEOUT`]), whatever str0m's ICE-lite agent says.
     Connected,
 }
 
@@ -200,6 +202,9 @@ pub(crate) struct Participant {
     next_timeout: Option<Instant>,
     /// Latest `now` given to the `Rtc`, for the close drain of `shutdown`.
     last_now: Instant,
+    /// When the last datagram from the peer was accepted (any kind: STUN, DTLS, SRTP, SRTCP), or
+    /// when the participant was made. Once connected, the connection ends `IDLE_TIMEOUT` after it.
+    last_recv: Instant,
     /// Per published m-line and simulcast layer.
     keyframe_throttle: Throttle<(Mid, Option<Rid>)>,
     /// Simulcast layers of its published m-lines, by mid.
@@ -253,6 +258,7 @@ impl Participant {
             },
             next_timeout: None,
             last_now: now,
+            last_recv: now,
             keyframe_throttle: Throttle::new(KEYFRAME_REQUEST_INTERVAL),
             layers: HashMap::new(),
             egress_estimate: None,
@@ -283,14 +289,11 @@ impl Participant {
 
     /// Earliest time [`Participant::handle_timeout`] must run.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        let connect = match self.link {
-            Link::Connecting { deadline } => Some(deadline),
-            Link::Connected => None,
+        let link = match self.link {
+            Link::Connecting { deadline } => deadline,
+            Link::Connected => self.last_recv + IDLE_TIMEOUT,
         };
-        match (self.next_timeout, connect) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        Some(self.next_timeout.map_or(link, |t| t.min(link)))
     }
 
     pub(crate) fn label(&self) -> &str {
@@ -343,9 +346,14 @@ impl Participant {
     // ---- input ----
 
     /// Gives a datagram or a timeout to the `Rtc`. An error (DTLS failure) ends the connection.
+    /// Every datagram counts as a sign of life of the peer (see [`IDLE_TIMEOUT`]).
     pub(crate) fn handle_input(&mut self, input: Input) {
         let now = match &input {
-            Input::Timeout(now) | Input::Receive(now, _) => *now,
+            Input::Timeout(now) => *now,
+            Input::Receive(now, _) => {
+                self.last_recv = self.last_recv.max(*now);
+                *now
+            }
         };
         self.last_now = self.last_now.max(now);
         if let Err(e) = self.rtc.handle_input(input) {
@@ -354,14 +362,24 @@ impl Participant {
         }
     }
 
-    /// Advances timers; gives up when ICE has not connected by the connect deadline.
+    /// Advances timers; gives up when ICE has not connected by the connect deadline, or when a
+    /// connected peer has sent nothing for [`IDLE_TIMEOUT`].
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        if let Link::Connecting { deadline } = self.link
-            && now >= deadline
-        {
-            self.rtc.disconnect();
-            self.fail("ICE did not connect in time".to_string());
-            return;
+        match self.link {
+            Link::Connecting { deadline } if now >= deadline => {
+                self.rtc.disconnect();
+                self.fail("ICE did not connect in time".to_string());
+                return;
+            }
+            Link::Connected if now >= self.last_recv + IDLE_TIMEOUT => {
+                self.rtc.disconnect();
+                self.fail(format!(
+                    "nothing received for {} s",
+                    now.saturating_duration_since(self.last_recv).as_secs()
+                ));
+                return;
+            }
+            Link::Connecting { .. } | Link::Connected => {}
         }
         self.handle_input(Input::Timeout(now));
     }
@@ -940,9 +958,21 @@ impl Participant {
                         });
                     }
                 }
-                IceConnectionState::Disconnected => {
+                // Before the first connection this is a real failure (the only pair went away).
+                IceConnectionState::Disconnected
+                    if matches!(self.link, Link::Connecting { .. }) =>
+                {
                     self.rtc.disconnect();
                     self.fail("ICE disconnected".to_string());
+                }
+                // Once connected, str0m's ICE-lite agent reports Disconnected when no binding
+                // *request* came for 15 s, but peers need not send any: libnice 0.1.21 (GStreamer
+                // 1.22 on Debian 12) only sends a binding indication every 25 s. str0m keeps its
+                // send address (media goes on) and still takes the peer's DTLS/SRTP from it, so
+                // the connection is kept; `IDLE_TIMEOUT` ends it when the peer really goes quiet.
+                IceConnectionState::Disconnected => {
+                    debug!(participant = %self.id, room = %self.room,
+                        "ICE-lite reports no recent binding request; kept while datagrams arrive");
                 }
                 IceConnectionState::New | IceConnectionState::Checking => {}
             },

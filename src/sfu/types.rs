@@ -118,8 +118,9 @@ pub enum SfuEvent {
         /// Who connected.
         participant: ParticipantId,
     },
-    /// The media connection ended (ICE disconnected, DTLS closed or failed, or ICE never connected
-    /// within [`CONNECT_TIMEOUT`](super::CONNECT_TIMEOUT)). All its state is already freed; it is not
+    /// The media connection ended (nothing received from the peer for
+    /// [`IDLE_TIMEOUT`](super::IDLE_TIMEOUT), DTLS closed or failed, or ICE never connected within
+    /// [`CONNECT_TIMEOUT`](super::CONNECT_TIMEOUT)). All its state is already freed; it is not
     /// emitted for [`Sfu::remove_participant`](super::Sfu::remove_participant).
     Disconnected {
         /// Who disconnected.
