@@ -719,6 +719,7 @@ fn keyframe_request_from_subscriber_reaches_publisher() {
         net.clients[a].keyframe_requests(video_a) > 0
     });
     assert_eq!(net.sfu.stats().keyframe_requests_forwarded, before + 1);
+    let plis = net.sfu.stats().plis_received;
 
     // A second request right away is throttled.
     net.clients[a].events.clear();
@@ -730,6 +731,13 @@ fn keyframe_request_from_subscriber_reaches_publisher() {
         .expect("PLI possible");
     net.run_for(Duration::from_millis(100));
     assert_eq!(net.clients[a].keyframe_requests(video_a), 0, "throttled");
+    // Both PLIs show in the RTCP feedback counters (str0m reports stats once a second).
+    net.run_for(Duration::from_millis(1100));
+    assert!(
+        net.sfu.stats().plis_received >= plis + 2,
+        "{:?}",
+        net.sfu.stats()
+    );
 }
 
 #[test]
@@ -772,6 +780,8 @@ fn lost_video_makes_the_sfu_request_a_keyframe_upstream() {
         net.sfu.stats()
     );
     assert!(net.clients[a].keyframe_requests(video_a) >= 1);
+    net.run_for(Duration::from_millis(1100));
+    assert!(net.sfu.stats().plis_sent >= 1, "{:?}", net.sfu.stats());
     // B still gets the frames after the gap.
     let late = payloads(&net.clients[b].media_from(ParticipantId(1), TrackSource::Camera));
     assert!(late.contains(&vp8_frame(1, 58)));

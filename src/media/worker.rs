@@ -215,25 +215,37 @@ struct Meters {
     participants: Gauge,
     rooms: Gauge,
     tracks: Gauge,
+    nacks_received: Counter,
+    plis_received: Counter,
+    nacks_sent: Counter,
+    plis_sent: Counter,
     reported: SfuStats,
     last_error_log: Option<Instant>,
     suppressed_errors: u64,
 }
 
+/// The `worker` label of this worker's metrics (one media worker today; one per core comes with the performance
+/// work, each with its own label).
+const WORKER: &str = "0";
+
 impl Meters {
     fn new() -> Self {
         Meters {
-            packets_in: counter!("switchboard_media_packets_in_total"),
-            packets_out: counter!("switchboard_media_packets_out_total"),
-            bytes_in: counter!("switchboard_media_bytes_in_total"),
-            bytes_out: counter!("switchboard_media_bytes_out_total"),
-            keyframe_requests: counter!("switchboard_media_keyframe_requests_total"),
-            renegotiations: counter!("switchboard_media_renegotiations_total"),
-            layer_switches: counter!("switchboard_media_layer_switches_total"),
-            socket_errors: counter!("switchboard_media_socket_errors_total"),
-            participants: gauge!("switchboard_media_participants"),
-            rooms: gauge!("switchboard_media_rooms"),
-            tracks: gauge!("switchboard_media_tracks"),
+            packets_in: counter!("switchboard_media_packets_in_total", "worker" => WORKER),
+            packets_out: counter!("switchboard_media_packets_out_total", "worker" => WORKER),
+            bytes_in: counter!("switchboard_media_bytes_in_total", "worker" => WORKER),
+            bytes_out: counter!("switchboard_media_bytes_out_total", "worker" => WORKER),
+            keyframe_requests: counter!("switchboard_media_keyframe_requests_total", "worker" => WORKER),
+            renegotiations: counter!("switchboard_media_renegotiations_total", "worker" => WORKER),
+            layer_switches: counter!("switchboard_media_layer_switches_total", "worker" => WORKER),
+            socket_errors: counter!("switchboard_media_socket_errors_total", "worker" => WORKER),
+            participants: gauge!("switchboard_media_participants", "worker" => WORKER),
+            rooms: gauge!("switchboard_media_rooms", "worker" => WORKER),
+            tracks: gauge!("switchboard_media_tracks", "worker" => WORKER),
+            nacks_received: counter!("switchboard_media_rtcp_feedback_total", "worker" => WORKER, "kind" => "nack", "direction" => "received"),
+            plis_received: counter!("switchboard_media_rtcp_feedback_total", "worker" => WORKER, "kind" => "pli", "direction" => "received"),
+            nacks_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => WORKER, "kind" => "nack", "direction" => "sent"),
+            plis_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => WORKER, "kind" => "pli", "direction" => "sent"),
             reported: SfuStats::default(),
             last_error_log: None,
             suppressed_errors: 0,
@@ -257,6 +269,20 @@ impl Meters {
                 .layer_switches
                 .saturating_sub(self.reported.layer_switches),
         );
+        self.nacks_received.increment(
+            stats
+                .nacks_received
+                .saturating_sub(self.reported.nacks_received),
+        );
+        self.plis_received.increment(
+            stats
+                .plis_received
+                .saturating_sub(self.reported.plis_received),
+        );
+        self.nacks_sent
+            .increment(stats.nacks_sent.saturating_sub(self.reported.nacks_sent));
+        self.plis_sent
+            .increment(stats.plis_sent.saturating_sub(self.reported.plis_sent));
         self.reported = stats;
         self.participants.set(sfu.participant_count() as f64);
         self.rooms.set(sfu.room_count() as f64);

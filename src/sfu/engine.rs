@@ -513,6 +513,8 @@ impl Sfu {
             .enable_vp8(true)
             .enable_h264(true)
             .enable_bwe(Some(INITIAL_BITRATE_ESTIMATE))
+            // Stats events carry the RTCP feedback counters exported as metrics.
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         for c in &self.local_candidates {
             rtc.add_local_candidate(c.clone());

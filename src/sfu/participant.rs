@@ -211,6 +211,9 @@ pub(crate) struct Participant {
     layers: HashMap<Mid, TrackLayers>,
     /// Latest downlink (egress) estimate of its connection, bit/s.
     egress_estimate: Option<u64>,
+    /// Last cumulative (NACK, PLI + FIR) counts str0m reported per (mid, rid, direction: true = egress), so each
+    /// stats event adds only what is new to [`SfuStats`](super::SfuStats).
+    feedback_seen: HashMap<(Mid, Option<Rid>, bool), (u64, u64)>,
     /// Until when the downlink counts as congested (the estimate fell below what it is sent):
     /// meanwhile the estimate caps its layers.
     congested_until: Option<Instant>,
@@ -262,6 +265,7 @@ impl Participant {
             keyframe_throttle: Throttle::new(KEYFRAME_REQUEST_INTERVAL),
             layers: HashMap::new(),
             egress_estimate: None,
+            feedback_seen: HashMap::new(),
             congested_until: None,
             sending_rate: 0,
             failure: None,
@@ -1015,8 +1019,35 @@ impl Participant {
                     request,
                 });
             }
+            // RTCP feedback counters (RFC 4585): egress = what this participant asked of us as a subscriber,
+            // ingress = what we asked of it as a publisher.
+            Event::MediaEgressStats(s) => {
+                let (nacks, plis) =
+                    self.feedback_delta((s.mid, s.rid, true), s.nacks, s.plis + s.firs);
+                out.stats.nacks_received += nacks;
+                out.stats.plis_received += plis;
+            }
+            Event::MediaIngressStats(s) => {
+                let (nacks, plis) =
+                    self.feedback_delta((s.mid, s.rid, false), s.nacks, s.plis + s.firs);
+                out.stats.nacks_sent += nacks;
+                out.stats.plis_sent += plis;
+            }
             _ => {}
         }
+    }
+
+    /// New NACKs and keyframe requests since the last stats event of this stream (cumulative counters in).
+    fn feedback_delta(
+        &mut self,
+        key: (Mid, Option<Rid>, bool),
+        nacks: u64,
+        plis: u64,
+    ) -> (u64, u64) {
+        let seen = self.feedback_seen.entry(key).or_insert((0, 0));
+        let delta = (nacks.saturating_sub(seen.0), plis.saturating_sub(seen.1));
+        *seen = (nacks.max(seen.0), plis.max(seen.1));
+        delta
     }
 
     /// Closes the connection (RTCP BYE, DTLS close_notify, RFC 5246 §7.2.1) and hands the last

@@ -197,4 +197,12 @@ pub struct SfuStats {
     pub renegotiations: u64,
     /// Simulcast layer switches of subscriber m-lines (including the first layer chosen).
     pub layer_switches: u64,
+    /// NACKs (RFC 4585 generic NACK) received from subscribers.
+    pub nacks_received: u64,
+    /// PLIs and FIRs received from subscribers (before our throttling).
+    pub plis_received: u64,
+    /// NACKs sent to publishers.
+    pub nacks_sent: u64,
+    /// PLIs and FIRs sent to publishers.
+    pub plis_sent: u64,
 }
