@@ -766,9 +766,10 @@ impl Sfu {
                 desired += rate(super::simulcast::select(views, preferred, None, None));
             }
             if desired > 0 {
-                trace!(participant = ?p.label(), current, desired,
-                    estimate = ?p.egress_estimate(), "bitrate targets");
-                p.set_bitrate_targets(current, desired);
+                debug!(participant = ?p.label(), current, desired,
+                    estimate = ?p.egress_estimate(), constrained = p.is_constrained(),
+                    "bitrate targets");
+                p.set_bitrate_targets(now, current, desired);
                 p.drain(now, &mut self.out);
             }
         }

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -14,6 +14,7 @@ use str0m::media::{
 use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use tracing::{debug, info, warn};
 
+use super::downlink::Downlink;
 use super::engine::IDLE_TIMEOUT;
 use super::simulcast::{LayerView, TrackLayers, select};
 use super::throttle::{KEYFRAME_REQUEST_INTERVAL, Throttle};
@@ -23,9 +24,6 @@ use super::types::{OutTrack, ParticipantId, SfuEvent, SfuStats, TrackSource, Tra
 /// `Output::Timeout`; the bound only keeps a bug from hanging the worker (the rest is drained on the
 /// next timeout, scheduled immediately).
 const MAX_OUTPUTS_PER_DRAIN: usize = 20_000;
-
-/// How long a downlink stays capped by its estimate after the estimate fell below the rate sent.
-const CONGESTION_HOLD: Duration = Duration::from_secs(10);
 
 /// Work one participant's output creates for the others.
 #[derive(Debug)]
@@ -209,16 +207,11 @@ pub(crate) struct Participant {
     keyframe_throttle: Throttle<(Mid, Option<Rid>)>,
     /// Simulcast layers of its published m-lines, by mid.
     layers: HashMap<Mid, TrackLayers>,
-    /// Latest downlink (egress) estimate of its connection, bit/s.
-    egress_estimate: Option<u64>,
+    /// Congestion state of its downlink (egress estimate, layer cap, probing).
+    downlink: Downlink,
     /// Last cumulative (NACK, PLI + FIR) counts str0m reported per (mid, rid, direction: true = egress), so each
     /// stats event adds only what is new to [`SfuStats`](super::SfuStats).
     feedback_seen: HashMap<(Mid, Option<Rid>, bool), (u64, u64)>,
-    /// Until when the downlink counts as congested (the estimate fell below what it is sent):
-    /// meanwhile the estimate caps its layers.
-    congested_until: Option<Instant>,
-    /// Video rate sent to it by the layers chosen, bit/s (updated every second).
-    sending_rate: u64,
     /// Set once the connection is over; the engine then frees the participant.
     failure: Option<String>,
 }
@@ -264,10 +257,8 @@ impl Participant {
             last_recv: now,
             keyframe_throttle: Throttle::new(KEYFRAME_REQUEST_INTERVAL),
             layers: HashMap::new(),
-            egress_estimate: None,
+            downlink: Downlink::default(),
             feedback_seen: HashMap::new(),
-            congested_until: None,
-            sending_rate: 0,
             failure: None,
         }
     }
@@ -692,7 +683,7 @@ impl Participant {
             .subscriptions
             .iter()
             .position(|s| s.track == track && matches!(s.state, OutState::Open(_)))?;
-        let budget = self.video_budget(data.network_time);
+        let budget = self.video_budget();
         // Indexing cannot fail: `index` was just found.
         let sub = &mut self.subscriptions[index];
         let OutState::Open(mid) = sub.state else {
@@ -748,14 +739,11 @@ impl Participant {
     }
 
     /// The downlink estimate shared equally by the rendered video m-lines, bit/s; `None` (no cap)
-    /// unless the downlink is congested. An estimate from an underused link only says what was
-    /// sent (str0m's TWCC estimator needs traffic or probes to grow), so it caps layers only for
-    /// [`CONGESTION_HOLD`] after the estimator lowered it below the rate actually sent.
-    fn video_budget(&self, now: Instant) -> Option<u64> {
-        if self.congested_until.is_none_or(|t| now >= t) {
-            return None;
-        }
-        let estimate = self.egress_estimate?;
+    /// unless the downlink is constrained ([`Downlink`]: an estimate from an underused link only
+    /// says what was sent, so it caps layers only after it showed congestion, until it covers
+    /// the preferred layers again).
+    fn video_budget(&self) -> Option<u64> {
+        let estimate = self.downlink.budget()?;
         let videos = self
             .subscriptions
             .iter()
@@ -831,22 +819,26 @@ impl Participant {
             .map(|s| (s.track, s.preferred, s.current))
     }
 
-    /// Tells str0m's bandwidth estimator the rate sent now (`current`) and the rate wanted for
-    /// the preferred layers (`desired`), so it probes for the difference.
-    /// `current` is also what a falling estimate is compared with to detect congestion.
-    pub(crate) fn set_bitrate_targets(&mut self, current: u64, desired: u64) {
+    /// Tells str0m's bandwidth estimator the rate sent now (`current`, bit/s) and the rate the
+    /// preferred layers need (`desired`, bit/s); [`Downlink`] decides what to probe for.
+    pub(crate) fn set_bitrate_targets(&mut self, now: Instant, current: u64, desired: u64) {
         if self.failure.is_some() {
             return;
         }
-        self.sending_rate = current;
+        let targets = self.downlink.targets(now, current, desired);
         self.rtc
             .bwe()
-            .set_bitrate(Bitrate::bps(current), Bitrate::bps(desired.max(current)));
+            .set_bitrate(Bitrate::bps(targets.minimum), Bitrate::bps(targets.desired));
+    }
+
+    /// Whether its downlink estimate caps the layers it gets.
+    pub(crate) fn is_constrained(&self) -> bool {
+        self.downlink.is_constrained()
     }
 
     /// Latest downlink estimate, bit/s.
     pub(crate) fn egress_estimate(&self) -> Option<u64> {
-        self.egress_estimate
+        self.downlink.estimate()
     }
 
     /// Writes a frame received from another participant to this participant's m-line `mid`, mapping
@@ -1000,17 +992,9 @@ impl Participant {
                 BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
             ) => {
                 let estimate = estimate.as_u64();
-                let previous = self.egress_estimate.replace(estimate);
-                // Congestion: the estimator lowered its estimate (delay growth or loss) below what
-                // the downlink carries. Falling while above the sent rate only tracks an underused link.
-                if previous.is_some_and(|p| (estimate as f64) < p as f64 * 0.95)
-                    && (estimate as f64) < self.sending_rate as f64 * 0.9
-                {
-                    if self.congested_until.is_none_or(|t| now >= t) {
-                        debug!(participant = %self.id, estimate, sending = self.sending_rate,
-                            "downlink congested");
-                    }
-                    self.congested_until = Some(now + CONGESTION_HOLD);
+                let was_constrained = self.downlink.is_constrained();
+                if self.downlink.on_estimate(now, estimate) && !was_constrained {
+                    debug!(participant = %self.id, estimate, "downlink congested");
                 }
             }
             Event::KeyframeRequest(request) => {
