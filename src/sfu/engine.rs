@@ -511,7 +511,9 @@ impl Sfu {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
+            .enable_vp9(true)
             .enable_h264(true)
+            .enable_av1(true)
             .enable_bwe(Some(INITIAL_BITRATE_ESTIMATE))
             // Stats events carry the RTCP feedback counters exported as metrics.
             .set_stats_interval(Some(Duration::from_secs(1)))
