@@ -181,6 +181,8 @@ struct Net {
     /// Decides the fate of each datagram; all pass without one.
     filter: Option<Filter>,
     held: Vec<Datagram>,
+    /// Layers of the publisher (client 0) paused on the SFU's request (dynacast).
+    paused: [bool; 3],
 }
 
 impl Net {
@@ -202,6 +204,7 @@ impl Net {
             rtp_time: [0; 3],
             filter: None,
             held: Vec::new(),
+            paused: [false; 3],
         }
     }
 
@@ -271,6 +274,20 @@ impl Net {
                     .handle_answer(self.now, c.id, &answer.to_sdp_string())
                     .expect("answer accepted");
                 answered = true;
+            }
+            if let SfuEvent::LayersWanted {
+                participant, rids, ..
+            } = &e
+                && *participant == self.clients[0].id
+            {
+                for (i, (rid, ..)) in LAYERS.iter().enumerate() {
+                    let paused = !rids.iter().any(|r| r == rid);
+                    if self.paused[i] && !paused {
+                        // A resumed encoding starts with a keyframe, as browsers do.
+                        self.force_key[i] = true;
+                    }
+                    self.paused[i] = paused;
+                }
             }
             self.sfu_events.push(e);
         }
@@ -389,6 +406,9 @@ impl Net {
             let publisher = &mut self.clients[0];
             let mid = publisher.own;
             for (i, (rid, ..)) in LAYERS.iter().enumerate() {
+                if self.paused[i] {
+                    continue;
+                }
                 let key = self.force_key[i] || frame.is_multiple_of(KEYFRAME_PERIOD);
                 self.force_key[i] = false;
                 if publisher.rtp_mode {
@@ -921,4 +941,66 @@ fn nack_for_an_evicted_packet_is_not_answered() {
         1,
         "the evicted packet is not retransmitted"
     );
+}
+
+/// The rids of the last dynacast request to the publisher, if any.
+fn last_layers_wanted(net: &Net) -> Option<Vec<String>> {
+    let publisher = net.clients[0].id;
+    net.sfu_events.iter().rev().find_map(|e| match e {
+        SfuEvent::LayersWanted {
+            participant, rids, ..
+        } if *participant == publisher => Some(rids.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn unwatched_layers_are_paused_and_resumed_on_demand() {
+    let mut net = Net::new();
+    let p = net.join(1, true);
+    let a = net.join(2, false);
+    net.connect_all();
+    let publisher = net.clients[p].id;
+    net.prefer(a, 320, 180);
+    net.publish_for(Duration::from_secs(2));
+    assert_eq!(last_layers_wanted(&net), None, "nothing paused within 3 s");
+    net.publish_for(Duration::from_secs(3));
+    assert_eq!(
+        last_layers_wanted(&net),
+        Some(vec!["q".to_string()]),
+        "the unwatched layers are paused"
+    );
+    assert_eq!(net.paused, [false, true, true]);
+
+    // A wants the top layer: it is resumed at once, and A switches at its first keyframe.
+    let switch_at = net.now;
+    net.prefer(a, 1280, 720);
+    net.run_for(Duration::from_millis(2));
+    assert_eq!(
+        last_layers_wanted(&net),
+        Some(vec!["q".to_string(), "f".to_string()]),
+        "the top layer resumed, the middle one stays paused"
+    );
+    net.publish_for(Duration::from_secs(1));
+    let mid = net.clients[a].camera_mid(publisher);
+    let after = net.clients[a].frames(mid, switch_at);
+    let first_top = after
+        .iter()
+        .position(|d| marker(d) == 3)
+        .expect("A gets the top layer after it resumed");
+    assert!(after[first_top].is_keyframe());
+    assert!(
+        after[first_top].network_time - switch_at < Duration::from_millis(300),
+        "resumed and switched within 300 ms"
+    );
+    let start = net.now - Duration::from_secs(30);
+    assert_playable(
+        &net.clients[a].frames(mid, start),
+        "A across pause and resume",
+    );
+
+    // Nobody renders the track any more: everything but the lowest layer is paused.
+    net.prefer(a, 0, 0);
+    net.publish_for(Duration::from_secs(4));
+    assert_eq!(last_layers_wanted(&net), Some(vec!["q".to_string()]));
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -24,6 +24,16 @@ use super::types::{OutTrack, ParticipantId, SfuEvent, SfuStats, TrackSource, Tra
 /// `Output::Timeout`; the bound only keeps a bug from hanging the worker (the rest is drained on the
 /// next timeout, scheduled immediately).
 const MAX_OUTPUTS_PER_DRAIN: usize = 20_000;
+
+/// How long a simulcast layer goes unwatched before the publisher is asked to pause it.
+pub(crate) const DYNACAST_PAUSE_AFTER: Duration = Duration::from_secs(3);
+
+/// Dynacast state of one published simulcast m-line.
+#[derive(Debug, Default)]
+struct Dynacast {
+    /// Since when each unwanted layer is unwanted.
+    unwanted_since: HashMap<Rid, Instant>,
+}
 
 /// Work one participant's output creates for the others.
 #[derive(Debug)]
@@ -207,6 +217,8 @@ pub(crate) struct Participant {
     keyframe_throttle: Throttle<(Mid, Option<Rid>)>,
     /// Simulcast layers of its published m-lines, by mid.
     layers: HashMap<Mid, TrackLayers>,
+    /// Dynacast state of its published simulcast m-lines, by mid.
+    dynacast: HashMap<Mid, Dynacast>,
     /// Congestion state of its downlink (egress estimate, layer cap, probing).
     downlink: Downlink,
     /// Last cumulative (NACK, PLI + FIR) counts str0m reported per (mid, rid, direction: true = egress), so each
@@ -257,6 +269,7 @@ impl Participant {
             last_recv: now,
             keyframe_throttle: Throttle::new(KEYFRAME_REQUEST_INTERVAL),
             layers: HashMap::new(),
+            dynacast: HashMap::new(),
             downlink: Downlink::default(),
             feedback_seen: HashMap::new(),
             failure: None,
@@ -801,6 +814,62 @@ impl Participant {
             .get(&mid)
             .map(|l| l.ranked(now, expected))
             .unwrap_or_default()
+    }
+
+    /// Pauses the layers of its published simulcast m-line `mid` that no subscriber wants
+    /// (`wanted`) since [`DYNACAST_PAUSE_AFTER`], and resumes wanted ones that are paused.
+    /// Returns the rids to keep sending (lowest first) when that set changed, for the publisher
+    /// to be told ([`SfuEvent::LayersWanted`]).
+    pub(crate) fn apply_wanted_layers(
+        &mut self,
+        mid: Mid,
+        wanted: &[Rid],
+        now: Instant,
+    ) -> Option<Vec<Rid>> {
+        let views = self.ranked_layers(mid, now);
+        let layers = self.layers.get_mut(&mid)?;
+        let state = self.dynacast.entry(mid).or_default();
+        let mut changed = false;
+        for v in &views {
+            if wanted.contains(&v.rid) {
+                state.unwanted_since.remove(&v.rid);
+                if layers.is_paused(v.rid) {
+                    layers.resume(v.rid, now);
+                    changed = true;
+                }
+            } else {
+                let since = *state.unwanted_since.entry(v.rid).or_insert(now);
+                if !layers.is_paused(v.rid)
+                    && now.saturating_duration_since(since) >= DYNACAST_PAUSE_AFTER
+                {
+                    layers.pause(v.rid, now);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return None;
+        }
+        let active: Vec<Rid> = views
+            .iter()
+            .map(|v| v.rid)
+            .filter(|r| !layers.is_paused(*r))
+            .collect();
+        debug!(participant = %self.id, %mid, ?active, "dynacast: layers wanted");
+        Some(active)
+    }
+
+    /// The subscribed video tracks with the preferred size and current layer of each rendered
+    /// m-line, for dynacast.
+    pub(crate) fn layer_wants(
+        &self,
+    ) -> impl Iterator<Item = (TrackRef, Option<(u32, u32)>, Option<Rid>)> + '_ {
+        self.video_subscriptions()
+    }
+
+    /// The downlink rate its video layers must fit, bit/s (`None`: no cap).
+    pub(crate) fn layer_budget(&self) -> Option<u64> {
+        self.video_budget()
     }
 
     /// Whether its published m-line `mid` sends simulcast layers.
