@@ -10,16 +10,20 @@
 //! on a link that has recovered it lifts the estimate (str0m probes exponentially up to twice the
 //! desired rate), the layers climb, and once the estimate covers the preferred layers the
 //! connection is unconstrained again. Probing never happens during the hold, so a link that just
-//! showed congestion is not overfilled by probes on top of media.
+//! showed congestion is not overfilled by probes on top of media; a probe followed by congestion
+//! starts the hold again. A constrained estimate that keeps sinking by itself (the loss and delay
+//! controllers settling after the congestion) does not: it must not delay the probes that find
+//! out the link has recovered.
 
 use std::time::{Duration, Instant};
 
 /// How long after the last sign of congestion no probing happens.
 pub(crate) const CONGESTION_HOLD: Duration = Duration::from_secs(2);
 
-/// Time between two probes of a constrained connection (a probe needs the desired rate to rise
-/// above what it was: str0m's allocation probes fire on increases only).
-pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Time between two probes of a constrained connection. A probe needs the desired rate to rise
+/// above what it was (str0m's allocation probes fire on increases only), so [`Downlink::targets`]
+/// must be called at least twice per interval: between probes it lowers the desired rate again.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Margin of the rate probed for over the preferred layers' bitrate, so that a successful probe
 /// leaves room for the layer-switch headroom of [`super::simulcast`].
@@ -40,6 +44,8 @@ pub(crate) struct BitrateTargets {
     pub(crate) minimum: u64,
     /// Rate to discover by probing.
     pub(crate) desired: u64,
+    /// Restart the estimator from this rate first (`Bwe::reset`).
+    pub(crate) reset: Option<u64>,
 }
 
 /// The congestion state of one subscriber's downlink. Sans-IO: fed estimates and rates with the
@@ -60,14 +66,21 @@ pub(crate) struct Downlink {
 
 impl Downlink {
     /// Takes a new estimate (bit/s). Returns `true` when it shows congestion: it fell by more
-    /// than 5 % and below 90 % of the rate sent.
+    /// than 5 % and below 90 % of the rate sent. Congestion constrains the connection and starts
+    /// the hold; once constrained, only congestion within [`PROBE_INTERVAL`] of a probe starts it
+    /// again.
     pub(crate) fn on_estimate(&mut self, now: Instant, estimate: u64) -> bool {
         let previous = self.estimate.replace(estimate);
         let congested = previous.is_some_and(|p| (estimate as f64) < p as f64 * CONGESTION_DROP)
             && (estimate as f64) < self.sending as f64 * CONGESTION_SENT_FRACTION;
         if congested {
+            let after_probe = self
+                .last_probe
+                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_INTERVAL);
+            if !self.constrained || after_probe {
+                self.hold_until = Some(now + CONGESTION_HOLD);
+            }
             self.constrained = true;
-            self.hold_until = Some(now + CONGESTION_HOLD);
         }
         congested
     }
@@ -109,6 +122,7 @@ impl Downlink {
             return BitrateTargets {
                 minimum: current,
                 desired,
+                reset: None,
             };
         }
         let holding = self.hold_until.is_some_and(|t| now < t);
@@ -120,12 +134,24 @@ impl Downlink {
             return BitrateTargets {
                 minimum: current,
                 desired: current,
+                reset: None,
             };
         }
         self.last_probe = Some(now);
+        // An estimate below what the link carries now is stuck in the estimator's loss-limited
+        // state, in which str0m makes no probes: start it again from the rate carried, so that
+        // its initial probes (3x and 6x) find out whether the link recovered.
+        let reset = self
+            .estimate
+            .is_some_and(|e| (e as f64) < current as f64 * CONGESTION_SENT_FRACTION)
+            .then_some(current);
+        if let Some(rate) = reset {
+            self.estimate = Some(rate);
+        }
         BitrateTargets {
             minimum: current,
             desired: (desired as f64 * PROBE_HEADROOM) as u64,
+            reset,
         }
     }
 }
@@ -135,6 +161,7 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+    const H: Duration = Duration::from_millis(500);
 
     #[test]
     fn unconstrained_link_is_not_capped_and_asks_for_the_preferred_rate() {
@@ -163,18 +190,18 @@ mod tests {
         assert_eq!(t.desired, 150_000);
         let t = d.targets(t0 + 2 * S, 150_000, 2_000_000);
         assert_eq!(t.desired, 150_000);
-        // After the hold: a probe above the preferred rate, then back down to re-arm.
+        // After the hold: a probe above the preferred rate, back down to re-arm, probe again.
         let t = d.targets(t0 + 3 * S, 150_000, 2_000_000);
         assert_eq!(t.desired, 2_600_000);
-        let t = d.targets(t0 + 4 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 3 * S + H, 150_000, 2_000_000);
         assert_eq!(t.desired, 150_000);
-        let t = d.targets(t0 + 5 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 4 * S, 150_000, 2_000_000);
         assert_eq!(t.desired, 2_600_000);
         assert!(d.is_constrained());
     }
 
     #[test]
-    fn new_congestion_restarts_the_hold() {
+    fn congestion_after_a_probe_restarts_the_hold() {
         let t0 = Instant::now();
         let mut d = Downlink::default();
         d.on_estimate(t0, 2_500_000);
@@ -182,14 +209,48 @@ mod tests {
         assert!(d.on_estimate(t0 + S, 400_000));
         d.targets(t0 + 3 * S, 150_000, 2_000_000);
         // The probe overfilled a link still narrow.
-        assert!(d.on_estimate(t0 + 3 * S + S / 2, 120_000));
+        assert!(d.on_estimate(t0 + 3 * S + H, 120_000));
         let t = d.targets(t0 + 5 * S, 150_000, 2_000_000);
         assert_eq!(
             t.desired, 150_000,
             "still within the hold restarted at 3.5 s"
         );
-        let t = d.targets(t0 + 6 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 5 * S + H + H, 150_000, 2_000_000);
         assert_eq!(t.desired, 2_600_000);
+    }
+
+    #[test]
+    fn a_sinking_estimate_without_probes_does_not_hold_probing_back() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 2_500_000);
+        d.targets(t0, 2_000_000, 2_000_000);
+        assert!(d.on_estimate(t0 + S, 400_000));
+        d.targets(t0 + S, 150_000, 2_000_000);
+        // The estimate keeps sinking during the hold: the hold still ends at 3 s.
+        assert!(d.on_estimate(t0 + 2 * S, 120_000));
+        assert!(d.on_estimate(t0 + 2 * S + H, 100_000));
+        let t = d.targets(t0 + 3 * S, 150_000, 2_000_000);
+        assert_eq!(t.desired, 2_600_000);
+    }
+
+    #[test]
+    fn an_estimate_stuck_below_the_rate_carried_is_restarted_at_the_probe() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 2_500_000);
+        d.targets(t0, 2_000_000, 2_000_000);
+        assert!(d.on_estimate(t0 + S, 400_000));
+        d.targets(t0 + S, 150_000, 2_000_000);
+        d.on_estimate(t0 + 2 * S, 60_000);
+        let t = d.targets(t0 + 3 * S, 150_000, 2_000_000);
+        assert_eq!(t.reset, Some(150_000));
+        assert_eq!(t.desired, 2_600_000);
+        assert_eq!(d.budget(), Some(150_000));
+        // No restart while the estimate covers what is sent.
+        d.on_estimate(t0 + 3 * S + H, 200_000);
+        let t = d.targets(t0 + 4 * S, 150_000, 2_000_000);
+        assert_eq!(t.reset, None);
     }
 
     #[test]

@@ -56,8 +56,9 @@ const KEYFRAME_WANT_RETRY: Duration = Duration::from_millis(100);
 /// Downlink estimate a connection starts from, before TWCC feedback refines it.
 const INITIAL_BITRATE_ESTIMATE: Bitrate = Bitrate::kbps(1_500);
 
-/// How often the SFU tells each connection's bandwidth estimator what it sends and wants.
-const BITRATE_TARGET_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the SFU tells each connection's bandwidth estimator what it sends and wants (twice
+/// per [`super::downlink::PROBE_INTERVAL`], see there), and reviews dynacast.
+const BITRATE_TARGET_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The members of a room and their speaker state. A room exists while it has a member.
 #[derive(Debug, Default)]

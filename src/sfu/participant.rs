@@ -895,6 +895,10 @@ impl Participant {
             return;
         }
         let targets = self.downlink.targets(now, current, desired);
+        if let Some(rate) = targets.reset {
+            debug!(participant = %self.id, rate, "bandwidth estimator restarted");
+            self.rtc.bwe().reset(Bitrate::bps(rate));
+        }
         self.rtc
             .bwe()
             .set_bitrate(Bitrate::bps(targets.minimum), Bitrate::bps(targets.desired));
