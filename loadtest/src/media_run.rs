@@ -243,8 +243,8 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
     // The window.
     let http = reqwest::Client::new();
     let metrics0 = target::scrape_media(&http, &target.base).await;
-    let server0 = CpuMark::now(target.pid);
-    let me0 = CpuMark::now(None);
+    let server0 = CpuMark::with_udp(target.pid);
+    let me0 = CpuMark::with_udp(None);
     let t0 = totals(&counters, &specs);
     let w0 = Instant::now();
     clock.start_window();
@@ -264,8 +264,8 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
     }
     clock.end_window();
     let window_s = w0.elapsed().as_secs_f64();
-    let server1 = CpuMark::now(target.pid);
-    let me1 = CpuMark::now(None);
+    let server1 = CpuMark::with_udp(target.pid);
+    let me1 = CpuMark::with_udp(None);
     let t1 = totals(&counters, &specs);
     let metrics1 = target::scrape_media(&http, &target.base).await;
     eprintln!();

@@ -10,6 +10,7 @@ use crate::report::ProcessReport;
 pub struct CpuMark {
     pid: Option<u32>,
     ticks: Option<CpuTicks>,
+    udp_drops: Option<u64>,
     at: Instant,
 }
 
@@ -22,7 +23,16 @@ impl CpuMark {
         CpuMark {
             pid,
             ticks: procstat::cpu_ticks(pid).ok(),
+            udp_drops: None,
             at: Instant::now(),
+        }
+    }
+
+    /// Like [`CpuMark::now`], also reading the UDP receive drops of the process's sockets (a scan of its fds).
+    pub fn with_udp(pid: Option<u32>) -> CpuMark {
+        CpuMark {
+            udp_drops: procstat::udp_drops(pid),
+            ..CpuMark::now(pid)
         }
     }
 
@@ -46,6 +56,10 @@ impl CpuMark {
             cpu_percent,
             rss_mib: mem.map(|m| m.0 as f64 * 1024.0 / MIB),
             peak_rss_mib: mem.map(|m| m.1 as f64 * 1024.0 / MIB),
+            udp_receive_drops: match (self.udp_drops, later.udp_drops) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
         }
     }
 }

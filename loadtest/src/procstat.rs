@@ -100,6 +100,56 @@ pub fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// Sums the `drops` column (datagrams the kernel discarded because the socket's receive buffer was full) of the
+/// lines of `/proc/net/udp` or `/proc/net/udp6` text whose socket inode is in `inodes`.
+pub fn parse_udp_drops(text: &str, inodes: &std::collections::HashSet<u64>) -> u64 {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            let inode: u64 = f.get(9)?.parse().ok()?;
+            let drops: u64 = f.get(12)?.parse().ok()?;
+            inodes.contains(&inode).then_some(drops)
+        })
+        .sum()
+}
+
+/// Socket inodes of `pid`'s open files (`None`: this process), from the `socket:[N]` links in `/proc/PID/fd`.
+fn socket_inodes(pid: Option<u32>) -> std::collections::HashSet<u64> {
+    let dir = proc_path(pid, "fd");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Default::default();
+    };
+    entries
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .to_string();
+            t.parse().ok()
+        })
+        .collect()
+}
+
+/// Datagrams dropped so far on `pid`'s UDP sockets for want of receive-buffer space (`None` for an unreadable
+/// process).
+pub fn udp_drops(pid: Option<u32>) -> Option<u64> {
+    let inodes = socket_inodes(pid);
+    if inodes.is_empty() {
+        return None;
+    }
+    let mut total = 0;
+    for file in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            total += parse_udp_drops(&text, &inodes);
+        }
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +180,17 @@ mod tests {
         assert_eq!(parse_status_kib(text, "VmRSS"), Some(102_400));
         assert_eq!(parse_status_kib(text, "VmHWM"), Some(204_800));
         assert_eq!(parse_status_kib(text, "VmSwap"), None);
+    }
+
+    #[test]
+    fn udp_drops_are_summed_for_the_given_sockets() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+                    1402: 0100007F:CA26 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 870637 2 00000000e87b7c83 12\n\
+                    1403: 0100007F:CA27 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 870638 2 00000000e87b7c84 5\n\
+                    1404: 0100007F:CA28 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 999 2 00000000e87b7c85 100\n";
+        let inodes = [870637, 870638].into_iter().collect();
+        assert_eq!(parse_udp_drops(text, &inodes), 17);
+        assert_eq!(parse_udp_drops(text, &Default::default()), 0);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct ProcessReport {
     pub rss_mib: Option<f64>,
     /// Peak resident set since the process started (VmHWM), MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Datagrams the kernel dropped inside the window because one of the process's UDP sockets had a full receive
+    /// buffer (`drops` of `/proc/net/udp` for its sockets): the process did not read fast enough.
+    pub udp_receive_drops: Option<u64>,
 }
 
 /// Datagram rates, per second over the window.
@@ -206,11 +209,13 @@ fn pct(p: &Percentiles, unit: &str) -> String {
 
 fn proc_line(p: &ProcessReport) -> String {
     format!(
-        "cpu {} ({} of one core)  rss {}  peak {}",
+        "cpu {} ({} of one core)  rss {}  peak {}  udp drops {}",
         opt(p.cpu_s, 2, " s"),
         opt(p.cpu_percent, 0, " %"),
         opt(p.rss_mib, 1, " MiB"),
         opt(p.peak_rss_mib, 1, " MiB"),
+        p.udp_receive_drops
+            .map_or("-".to_string(), |d| d.to_string()),
     )
 }
 
