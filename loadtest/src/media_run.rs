@@ -104,8 +104,8 @@ impl Progress {
                 .1
                 .map_or("-".into(), |p| format!("{p:.0}%"))
         };
-        eprint!(
-            "\r[{:>6.1}s] {phase:<8} clients {}/{} connected {} ready {} failed | out {:>7.0} pkt/s in {:>8.0} pkt/s | server cpu {} loadgen cpu {}   ",
+        crate::report::progress(&format!(
+            "[{:>6.1}s] {phase:<8} clients {}/{} connected {} ready {} failed | out {:>7.0} pkt/s in {:>8.0} pkt/s | server cpu {} loadgen cpu {}",
             self.started.elapsed().as_secs_f64(),
             t.connected,
             n,
@@ -115,7 +115,7 @@ impl Progress {
             (t.din - self.last.din) as f64 / dt,
             cpu(&self.server, &server),
             cpu(&self.me, &me),
-        );
+        ));
         self.last = t;
         self.last_at = now;
         self.server = server;
@@ -268,7 +268,7 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
     let me1 = CpuMark::with_udp(None);
     let t1 = totals(&counters, &specs);
     let metrics1 = target::scrape_media(&http, &target.base).await;
-    eprintln!();
+    crate::report::end_progress();
 
     // Frames sent just before the window closed are still on their way.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -190,6 +190,24 @@ pub struct SignalingReport {
     pub errors: Vec<String>,
 }
 
+/// Writes a progress line to stderr: rewritten in place on a terminal, one line each otherwise (logs, CI).
+pub fn progress(line: &str) {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{line}   ");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// Ends the in-place progress line (a newline on a terminal).
+pub fn end_progress() {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
 fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
     match v {
         Some(v) => format!("{v:.digits$}{unit}"),

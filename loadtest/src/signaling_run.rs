@@ -211,22 +211,23 @@ pub async fn run(
                 }
             }
             if last_tick.elapsed() >= Duration::from_secs(1) {
-                eprint!(
-                    "\r[{:>6.1}s] opening  {} open, {} failed   ",
+                crate::report::progress(&format!(
+                    "[{:>6.1}s] opening  {} open, {} failed",
                     t_open.elapsed().as_secs_f64(),
                     open.load(Ordering::Relaxed),
                     failed
-                );
+                ));
                 last_tick = Instant::now();
             }
         }
     }
     let idle_open_s = t_open.elapsed().as_secs_f64();
     let idle_open = open.load(Ordering::Relaxed);
-    eprintln!(
-        "\r[{:>6.1}s] opened   {idle_open} open, {failed} failed   ",
+    crate::report::progress(&format!(
+        "[{:>6.1}s] opened   {idle_open} open, {failed} failed",
         t_open.elapsed().as_secs_f64()
-    );
+    ));
+    crate::report::end_progress();
     info!(
         idle_open,
         failed,
@@ -270,13 +271,13 @@ pub async fn run(
         )
         .await;
         let s = stats.lock().await;
-        eprint!(
-            "\r[{:>6.1}s] set-ups  {} connected, {} failed, {} idle open   ",
+        crate::report::progress(&format!(
+            "[{:>6.1}s] set-ups  {} connected, {} failed, {} idle open",
             w0.elapsed().as_secs_f64(),
             s.ok,
             s.failed,
             open.load(Ordering::Relaxed)
-        );
+        ));
     }
     for p in pairs {
         let _ = tokio::time::timeout(STEP_TIMEOUT * 5, p).await;
@@ -284,7 +285,7 @@ pub async fn run(
     let window_s = w0.elapsed().as_secs_f64();
     let server1 = CpuMark::now(target.pid);
     let me1 = CpuMark::now(None);
-    eprintln!();
+    crate::report::end_progress();
     let idle_open_at_end = open.load(Ordering::Relaxed);
     let _ = stop_tx.send(true);
     for h in handles {
