@@ -54,7 +54,26 @@ fn host_of(base: &str) -> Result<String> {
     let rest = base.strip_prefix("http://").ok_or_else(|| {
         anyhow!("--server must be http://HOST:PORT (the plain-HTTP listener), got {base}")
     })?;
-    Ok(rest.trim_end_matches('/').to_string())
+    let host = rest.trim_end_matches('/').to_string();
+    if !is_loopback_host(&host) {
+        bail!(
+            "--server must be on this machine (127.0.0.0/8, [::1] or localhost): the load tester runs on loopback only, got {host}"
+        );
+    }
+    Ok(host)
+}
+
+/// Whether `host` (`HOST:PORT`) names a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Target {
@@ -221,6 +240,16 @@ mod tests {
         let cs = "endpoint=https://127.0.0.1:8443/;accesskey=abc+/=\n";
         assert_eq!(access_key_of(cs).unwrap(), "abc+/=");
         assert!(access_key_of("endpoint=https://x/").is_err());
+    }
+
+    #[test]
+    fn only_loopback_servers_are_accepted() {
+        assert_eq!(host_of("http://127.0.0.1:8080/").unwrap(), "127.0.0.1:8080");
+        assert!(host_of("http://localhost:8080").is_ok());
+        assert!(host_of("http://[::1]:8080").is_ok());
+        assert!(host_of("http://10.0.0.5:8080").is_err());
+        assert!(host_of("http://example.com:8080").is_err());
+        assert!(host_of("https://127.0.0.1:8443").is_err());
     }
 
     #[test]
