@@ -156,6 +156,9 @@ pub struct ClientResult {
     pub join_ms: Option<u64>,
     /// Added latency of frames sent inside the window: receive time - send stamp, microseconds.
     pub latency_us: Histogram,
+    /// How late frames inside the window were sent against their schedule (20 ms audio, 1/fps video),
+    /// microseconds: the load generator's own timer lag.
+    pub send_lag_us: Histogram,
     /// Frames sent inside the window that arrived, by (publisher, kind).
     pub received: HashMap<(u32, Kind), u64>,
     /// Frames this client sent inside the window, by kind (a simulcast frame counts once).
@@ -576,7 +579,11 @@ impl Peer {
         let now = Instant::now();
         for i in 0..self.outgoing.len() {
             while self.outgoing[i].next <= now {
-                if now.duration_since(self.outgoing[i].next) > MAX_SEND_LAG {
+                let lag = now.duration_since(self.outgoing[i].next);
+                if self.clock.in_window(self.clock.now_us()) {
+                    self.result.send_lag_us.record(lag.as_micros() as u64);
+                }
+                if lag > MAX_SEND_LAG {
                     self.outgoing[i].next = now;
                 }
                 self.write_frame(i, now)?;

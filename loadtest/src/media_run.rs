@@ -327,7 +327,7 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
     for (p, k) in &tracks {
         delivery.frames_sent += sent(*p, *k);
     }
-    let (mut latency, mut join) = (Histogram::new(), Histogram::new());
+    let (mut latency, mut join, mut lag) = (Histogram::new(), Histogram::new(), Histogram::new());
     let (mut send_drops, mut unstamped, mut error_count, mut errors) = (0, 0, 0, Vec::new());
     for (spec, r) in specs.iter().zip(&results) {
         for key in &spec.expected {
@@ -337,6 +337,7 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
             delivery.frames_received += got;
         }
         latency.merge(&r.latency_us);
+        lag.merge(&r.send_lag_us);
         if let Some(j) = r.join_ms {
             join.record(j);
         }
@@ -378,6 +379,7 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
         delivery,
         latency_ms: Percentiles::of(&latency, 1000.0),
         join_ms: Percentiles::of(&join, 1.0),
+        send_lag_ms: Percentiles::of(&lag, 1000.0),
         client_send_drops: send_drops,
         unstamped_frames: unstamped,
         error_count,

@@ -129,6 +129,9 @@ pub struct MediaReport {
     pub latency_ms: Percentiles,
     /// From opening the WebSocket to ICE+DTLS connected, per client, milliseconds.
     pub join_ms: Percentiles,
+    /// How late publishers sent their frames against schedule, milliseconds: large values mean the load
+    /// generator's timers run late (it is overloaded), so its latency figures include its own delay.
+    pub send_lag_ms: Percentiles,
     /// Datagrams the clients could not send (socket buffer full).
     pub client_send_drops: u64,
     /// Received frames without a stamp.
@@ -292,6 +295,7 @@ pub fn media_table(r: &MediaReport) -> String {
     );
     row("added latency", pct(&r.latency_ms, " ms"));
     row("join time", pct(&r.join_ms, " ms"));
+    row("publisher send lag", pct(&r.send_lag_ms, " ms"));
     row(
         "client send drops / unstamped",
         format!("{} / {}", r.client_send_drops, r.unstamped_frames),
