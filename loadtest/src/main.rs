@@ -79,6 +79,10 @@ struct Common {
     /// Longest wait for every client to connect and receive its tracks before measuring anyway.
     #[arg(long, global = true, default_value = "120s", value_parser = units::parse_duration)]
     join_timeout: Duration,
+    /// Media flows this long after every client is ready before the window opens (lets bandwidth estimates and
+    /// pacers settle; the default measures from the first second).
+    #[arg(long, global = true, default_value = "0s", value_parser = units::parse_duration)]
+    warmup: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -233,6 +237,7 @@ async fn run(cli: Cli, threads: usize) -> Result<()> {
         duration: c.duration,
         join_rate: c.join_rate,
         join_timeout: c.join_timeout,
+        warmup: c.warmup,
         identity_parallel: 16,
         threads,
         ticks_per_s,

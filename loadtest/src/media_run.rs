@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub join_rate: f64,
     /// Longest wait for every client to connect and receive its tracks before measuring anyway.
     pub join_timeout: Duration,
+    /// Media flows this long after every client is ready, before the window opens (bandwidth estimates settle).
+    pub warmup: Duration,
     /// Identity API requests in flight.
     pub identity_parallel: usize,
     /// Load generator worker threads (for the report).
@@ -237,6 +239,20 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
             ready = ready_at_start.ready,
             clients = n,
             "measuring although not every client is ready"
+        );
+    }
+    let warm_end = Instant::now() + opts.warmup;
+    while Instant::now() < warm_end {
+        let left = warm_end
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
+        tokio::time::sleep(left).await;
+        progress.tick(
+            "warmup",
+            totals(&counters, &specs),
+            n,
+            target.pid,
+            opts.ticks_per_s,
         );
     }
 
