@@ -13,6 +13,7 @@ mod meter;
 mod payload;
 mod procstat;
 mod report;
+mod shards;
 mod signal;
 mod signaling_run;
 mod target;
@@ -70,7 +71,8 @@ struct Common {
     /// Also write the JSON report to this file (it always goes to stdout after the table).
     #[arg(long, global = true)]
     json: Option<PathBuf>,
-    /// Worker threads of the load generator (default: the number of CPUs).
+    /// Load generator threads (default: the number of CPUs): the workers of its tokio runtime (or, with --sharded,
+    /// the client shards).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Clients joining per second.
@@ -83,6 +85,9 @@ struct Common {
     /// pacers settle; the default measures from the first second).
     #[arg(long, global = true, default_value = "0s", value_parser = units::parse_duration)]
     warmup: Duration,
+    /// Pin media clients to --threads single-threaded runtimes (shards) instead of one work-stealing runtime.
+    #[arg(long, global = true)]
+    sharded: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -238,6 +243,7 @@ async fn run(cli: Cli, threads: usize) -> Result<()> {
         join_rate: c.join_rate,
         join_timeout: c.join_timeout,
         warmup: c.warmup,
+        sharded: c.sharded,
         identity_parallel: 16,
         threads,
         ticks_per_s,

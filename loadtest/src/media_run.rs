@@ -15,6 +15,7 @@ use crate::media_client::{self, ClientResult, ClientSpec, Counters, RunClock, Vi
 use crate::meter::CpuMark;
 use crate::payload::Kind;
 use crate::report::{Clients, Delivery, MediaReport, Percentiles, Rates};
+use crate::shards::Shards;
 use crate::target::{self, Target};
 
 /// What each client of a scenario publishes.
@@ -45,8 +46,10 @@ pub struct RunOptions {
     pub warmup: Duration,
     /// Identity API requests in flight.
     pub identity_parallel: usize,
-    /// Load generator worker threads (for the report).
+    /// Load generator threads.
     pub threads: usize,
+    /// Clients pinned to `threads` single-threaded runtimes instead of sharing one multi-threaded runtime.
+    pub sharded: bool,
     /// Clock ticks per second of `/proc/PID/stat`.
     pub ticks_per_s: u64,
 }
@@ -181,6 +184,11 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
         me: CpuMark::now(None),
         started,
     };
+    let shards = if opts.sharded {
+        Some(Shards::start(opts.threads)?)
+    } else {
+        None
+    };
     let mut handles = Vec::with_capacity(n);
     let gap = Duration::from_secs_f64(1.0 / opts.join_rate.max(0.1));
     let deadline = started + opts.join_timeout;
@@ -196,13 +204,17 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        handles.push(tokio::spawn(media_client::run(
+        let client = media_client::run(
             spec.clone(),
             Arc::clone(&clock),
             Arc::clone(&counters[i]),
             ws_url.clone(),
             stop_rx.clone(),
-        )));
+        );
+        handles.push(match &shards {
+            Some(shards) => shards.spawn(i, client),
+            None => tokio::spawn(client),
+        });
         tokio::time::sleep(gap).await;
         if last_tick.elapsed() >= Duration::from_secs(1) {
             progress.tick(
@@ -306,6 +318,7 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
         }
     }
 
+    drop(shards);
     let server = server0.report(&server1, opts.ticks_per_s);
     let loadgen = me0.report(&me1, opts.ticks_per_s);
     let client_rates = Rates {

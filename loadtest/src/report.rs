@@ -117,7 +117,7 @@ pub struct MediaReport {
     pub server: ProcessReport,
     /// This load generator.
     pub loadgen: ProcessReport,
-    /// Load generator worker threads.
+    /// Load generator threads (runtime workers, or client shards with `--sharded`).
     pub loadgen_threads: usize,
     /// Datagrams the server sent per second of its CPU time (`server_rates.out_pps * window / server.cpu_s`);
     /// from client counts if the server has no metrics.
