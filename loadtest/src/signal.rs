@@ -47,6 +47,9 @@ pub struct SignalClient {
     pub queued: VecDeque<Value>,
 }
 
+/// Longest wait for a WebSocket handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Small buffers: an idle connection then costs this process little (tungstenite's default read buffer is 128 KiB).
 fn small_buffers() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -56,9 +59,16 @@ fn small_buffers() -> WebSocketConfig {
 
 impl SignalClient {
     /// Opens the WebSocket at `url`.
+    ///
+    /// # Errors
+    /// [`SignalError::Timeout`] if the handshake takes longer than [`HANDSHAKE_TIMEOUT`] (a server out of file
+    /// descriptors leaves connections in its listen backlog unanswered), or the WebSocket error.
     pub async fn connect(url: &str) -> Result<SignalClient, SignalError> {
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(url, Some(small_buffers()), true).await?;
+        let handshake =
+            tokio_tungstenite::connect_async_with_config(url, Some(small_buffers()), true);
+        let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| SignalError::Timeout("the WebSocket handshake".into()))??;
         Ok(SignalClient {
             ws,
             next_id: 0,
