@@ -248,70 +248,78 @@ async fn run(cli: Cli, threads: usize) -> Result<()> {
         threads,
         ticks_per_s,
     };
-    let (table, doc) = match &cli.scenario {
-        Scenario::AudioRoom {
-            publishers,
-            subscribers,
-            audio_bytes,
-        } => {
-            let plan = media_run::Plan {
-                scenario: "audio-room",
-                params: json!({ "publishers": publishers, "subscribers": subscribers, "audio_bytes": audio_bytes, "duration_s": c.duration.as_secs_f64() }),
-                publishers: vec![(true, None); *publishers],
-                subscribers: *subscribers,
-                audio_bytes: *audio_bytes,
-            };
-            let r = media_run::run(&target, plan, &opts).await?;
-            (report::media_table(&r), serde_json::to_value(&r)?)
-        }
-        Scenario::VideoMeeting {
-            participants,
-            audio_bytes,
-            video,
-        } => {
-            let plan = media_run::Plan {
-                scenario: "video-meeting",
-                params: json!({ "participants": participants, "video_bitrate_bps": video.video_bitrate, "fps": video.fps,
-                    "simulcast": video.simulcast, "keyframe_interval_s": video.keyframe_interval.as_secs_f64(), "duration_s": c.duration.as_secs_f64() }),
-                publishers: vec![(true, Some(video.spec())); *participants],
-                subscribers: 0,
-                audio_bytes: *audio_bytes,
-            };
-            let r = media_run::run(&target, plan, &opts).await?;
-            (report::media_table(&r), serde_json::to_value(&r)?)
-        }
-        Scenario::Livestream {
-            viewers,
-            audio_bytes,
-            video,
-        } => {
-            let plan = media_run::Plan {
-                scenario: "livestream",
-                params: json!({ "viewers": viewers, "video_bitrate_bps": video.video_bitrate, "fps": video.fps,
-                    "simulcast": video.simulcast, "keyframe_interval_s": video.keyframe_interval.as_secs_f64(), "duration_s": c.duration.as_secs_f64() }),
-                publishers: vec![(true, Some(video.spec()))],
-                subscribers: *viewers,
-                audio_bytes: *audio_bytes,
-            };
-            let r = media_run::run(&target, plan, &opts).await?;
-            (report::media_table(&r), serde_json::to_value(&r)?)
-        }
-        Scenario::Signaling {
-            connections,
-            identities,
-            concurrency,
-            connect_parallel,
-        } => {
-            let plan = signaling_run::Plan {
-                connections: *connections,
-                identities: *identities,
-                concurrency: *concurrency,
-                connect_parallel: *connect_parallel,
-                params: json!({ "connections": connections, "identities": identities, "concurrency": concurrency, "duration_s": c.duration.as_secs_f64() }),
-            };
-            let r = signaling_run::run(&target, plan, c.duration, ticks_per_s).await?;
-            (report::signaling_table(&r), serde_json::to_value(&r)?)
-        }
+    let scenario = async {
+        let r: Result<(String, serde_json::Value)> = Ok(match &cli.scenario {
+            Scenario::AudioRoom {
+                publishers,
+                subscribers,
+                audio_bytes,
+            } => {
+                let plan = media_run::Plan {
+                    scenario: "audio-room",
+                    params: json!({ "publishers": publishers, "subscribers": subscribers, "audio_bytes": audio_bytes, "duration_s": c.duration.as_secs_f64() }),
+                    publishers: vec![(true, None); *publishers],
+                    subscribers: *subscribers,
+                    audio_bytes: *audio_bytes,
+                };
+                let r = media_run::run(&target, plan, &opts).await?;
+                (report::media_table(&r), serde_json::to_value(&r)?)
+            }
+            Scenario::VideoMeeting {
+                participants,
+                audio_bytes,
+                video,
+            } => {
+                let plan = media_run::Plan {
+                    scenario: "video-meeting",
+                    params: json!({ "participants": participants, "video_bitrate_bps": video.video_bitrate, "fps": video.fps,
+                        "simulcast": video.simulcast, "keyframe_interval_s": video.keyframe_interval.as_secs_f64(), "duration_s": c.duration.as_secs_f64() }),
+                    publishers: vec![(true, Some(video.spec())); *participants],
+                    subscribers: 0,
+                    audio_bytes: *audio_bytes,
+                };
+                let r = media_run::run(&target, plan, &opts).await?;
+                (report::media_table(&r), serde_json::to_value(&r)?)
+            }
+            Scenario::Livestream {
+                viewers,
+                audio_bytes,
+                video,
+            } => {
+                let plan = media_run::Plan {
+                    scenario: "livestream",
+                    params: json!({ "viewers": viewers, "video_bitrate_bps": video.video_bitrate, "fps": video.fps,
+                        "simulcast": video.simulcast, "keyframe_interval_s": video.keyframe_interval.as_secs_f64(), "duration_s": c.duration.as_secs_f64() }),
+                    publishers: vec![(true, Some(video.spec()))],
+                    subscribers: *viewers,
+                    audio_bytes: *audio_bytes,
+                };
+                let r = media_run::run(&target, plan, &opts).await?;
+                (report::media_table(&r), serde_json::to_value(&r)?)
+            }
+            Scenario::Signaling {
+                connections,
+                identities,
+                concurrency,
+                connect_parallel,
+            } => {
+                let plan = signaling_run::Plan {
+                    connections: *connections,
+                    identities: *identities,
+                    concurrency: *concurrency,
+                    connect_parallel: *connect_parallel,
+                    params: json!({ "connections": connections, "identities": identities, "concurrency": concurrency, "duration_s": c.duration.as_secs_f64() }),
+                };
+                let r = signaling_run::run(&target, plan, c.duration, ticks_per_s).await?;
+                (report::signaling_table(&r), serde_json::to_value(&r)?)
+            }
+        });
+        r
+    };
+    // Ctrl-C ends the run early; returning drops `target`, which stops a spawned server.
+    let (table, doc) = tokio::select! {
+        r = scenario => r?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
     };
     let text = serde_json::to_string_pretty(&doc)?;
     println!("{table}");
