@@ -921,9 +921,10 @@ impl HubState {
         let Some(leg) = self.calls.get_mut(&call_id).and_then(|c| c.leg_mut(conn)) else {
             return self.send(conn, not_in_call(id, &call_id));
         };
-        let m_lines = sdp.lines().filter(|l| l.starts_with("m=")).count();
+        let m_lines = sending_m_lines(&sdp);
         if m_lines > MAX_M_LINES {
-            let msg = format!("an offer may have at most {MAX_M_LINES} m-lines, got {m_lines}");
+            let msg =
+                format!("an offer may have at most {MAX_M_LINES} sending m-lines, got {m_lines}");
             return self.send(conn, ServerMessage::fail(id, "BadSdp", msg));
         }
         leg.offer_in_flight = true;
@@ -1323,8 +1324,45 @@ fn participants_updated(
 /// Calls (ringing or connected) one connection may take part in at once.
 pub const MAX_CALLS_PER_CONNECTION: usize = 4;
 
-/// Most m-lines accepted in one client offer.
+/// Most sending m-lines (tracks the client publishes) accepted in one client offer. The m-lines the
+/// SFU added to carry other participants' tracks (`recvonly` or `inactive` in a client's re-offer)
+/// do not count: a client receiving many tracks can still renegotiate its own.
 pub const MAX_M_LINES: usize = 16;
+
+/// The m-sections of an SDP offer that send media: direction `sendrecv` (the default) or
+/// `sendonly` (RFC 3264 §5.1, §6.1; a session-level direction is the default of each section).
+fn sending_m_lines(sdp: &str) -> usize {
+    let mut session_sends = true;
+    let mut in_media = false;
+    let mut current: Option<bool> = None;
+    let mut count = 0;
+    for line in sdp.lines().map(str::trim_end) {
+        if line.starts_with("m=") {
+            if current.unwrap_or(session_sends) && in_media {
+                count += 1;
+            }
+            in_media = true;
+            current = None;
+            continue;
+        }
+        let sends = match line {
+            "a=recvonly" | "a=inactive" => Some(false),
+            "a=sendrecv" | "a=sendonly" => Some(true),
+            _ => None,
+        };
+        if let Some(sends) = sends {
+            if in_media {
+                current = Some(sends);
+            } else {
+                session_sends = sends;
+            }
+        }
+    }
+    if in_media && current.unwrap_or(session_sends) {
+        count += 1;
+    }
+    count
+}
 
 /// `8:acs:{resourceId}_{uuid}` with UUIDs in the usual 8-4-4-4-12 form.
 pub fn is_communication_user_id(id: &str) -> bool {
@@ -1358,5 +1396,25 @@ fn info(leg: &Leg, state: &str) -> ParticipantInfo {
         state: state.to_string(),
         is_muted: leg.muted,
         is_speaking: leg.speaking,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sending_m_lines;
+
+    #[test]
+    fn only_sending_m_lines_count() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=recvonly\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=inactive\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=sendrecv\r\n";
+        assert_eq!(sending_m_lines(sdp), 3);
+        let session_recvonly =
+            "v=0\r\na=recvonly\r\nm=audio 9 RTP/AVP 0\r\nm=video 9 RTP/AVP 96\r\na=sendonly\r\n";
+        assert_eq!(sending_m_lines(session_recvonly), 1);
+        assert_eq!(sending_m_lines(""), 0);
     }
 }
