@@ -15,6 +15,7 @@
 //! controllers settling after the congestion) does not: it must not delay the probes that find
 //! out the link has recovered.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How long after the last sign of congestion no probing happens.
@@ -31,6 +32,9 @@ const PROBE_HEADROOM: f64 = 1.3;
 
 /// How far the estimate must cover the preferred layers' bitrate to end the constraint.
 const RELEASE_HEADROOM: f64 = 1.15;
+
+/// How long a rate must have been sent before an estimate below it counts as congestion.
+const SENDING_WINDOW: Duration = Duration::from_secs(2);
 
 /// A fall of the estimate below this fraction of the previous one, and below
 /// [`CONGESTION_SENT_FRACTION`] of the rate sent, is congestion.
@@ -54,8 +58,9 @@ pub(crate) struct BitrateTargets {
 pub(crate) struct Downlink {
     /// Latest estimate, bit/s.
     estimate: Option<u64>,
-    /// Video rate sent by the layers chosen, bit/s.
-    sending: u64,
+    /// Video rate sent by the layers chosen, bit/s, with when it was reported, over the last
+    /// [`SENDING_WINDOW`].
+    sending: VecDeque<(Instant, u64)>,
     /// Layers fit the estimate until it covers the preferred ones again.
     constrained: bool,
     /// No probing before this (the last congestion plus [`CONGESTION_HOLD`]).
@@ -72,7 +77,7 @@ impl Downlink {
     pub(crate) fn on_estimate(&mut self, now: Instant, estimate: u64) -> bool {
         let previous = self.estimate.replace(estimate);
         let congested = previous.is_some_and(|p| (estimate as f64) < p as f64 * CONGESTION_DROP)
-            && (estimate as f64) < self.sending as f64 * CONGESTION_SENT_FRACTION;
+            && (estimate as f64) < self.sustained_rate() as f64 * CONGESTION_SENT_FRACTION;
         if congested {
             let after_probe = self
                 .last_probe
@@ -83,6 +88,12 @@ impl Downlink {
             self.constrained = true;
         }
         congested
+    }
+
+    /// The lowest video rate sent over the last [`SENDING_WINDOW`], bit/s: right after a switch
+    /// up the estimator has not seen the new rate yet, and an estimate below it is no congestion.
+    fn sustained_rate(&self) -> u64 {
+        self.sending.iter().map(|(_, r)| *r).min().unwrap_or(0)
     }
 
     /// Latest estimate, bit/s.
@@ -108,7 +119,14 @@ impl Downlink {
     /// (`desired`), both bit/s, updates the state and returns the targets for the estimator. Call
     /// about once a second.
     pub(crate) fn targets(&mut self, now: Instant, current: u64, desired: u64) -> BitrateTargets {
-        self.sending = current;
+        self.sending.push_back((now, current));
+        while self
+            .sending
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > SENDING_WINDOW)
+        {
+            self.sending.pop_front();
+        }
         let desired = desired.max(current);
         if self.constrained
             && self
@@ -251,6 +269,24 @@ mod tests {
         d.on_estimate(t0 + 3 * S + H, 200_000);
         let t = d.targets(t0 + 4 * S, 150_000, 2_000_000);
         assert_eq!(t.reset, None);
+    }
+
+    #[test]
+    fn an_estimate_below_a_rate_just_switched_to_is_not_congestion() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 500_000);
+        d.targets(t0, 150_000, 2_000_000);
+        d.targets(t0 + H, 150_000, 2_000_000);
+        // Switched up: the estimator has not seen 1.5 Mbit/s yet.
+        d.targets(t0 + S, 1_500_000, 2_000_000);
+        assert!(!d.on_estimate(t0 + S + H, 450_000));
+        assert!(!d.is_constrained());
+        // Sent for the whole window and the estimate still falls: congestion.
+        d.targets(t0 + 2 * S, 1_500_000, 2_000_000);
+        d.targets(t0 + 3 * S, 1_500_000, 2_000_000);
+        d.targets(t0 + 3 * S + H, 1_500_000, 2_000_000);
+        assert!(d.on_estimate(t0 + 3 * S + H, 400_000));
     }
 
     #[test]
