@@ -44,6 +44,8 @@ pub struct Running {
     pub cert_path: PathBuf,
     /// The identity service (tests sign unusual tokens with it).
     pub identity: IdentityService,
+    /// The SIP gateway's UDP and TCP addresses, when it runs.
+    pub sip: Option<SipAddrs>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     https: axum_server::Handle<SocketAddr>,
@@ -62,6 +64,17 @@ impl Running {
         }
         self.store.close().await;
     }
+}
+
+/// Where the SIP gateway listens, and its RTP port pool.
+#[derive(Clone)]
+pub struct SipAddrs {
+    /// UDP address.
+    pub udp: SocketAddr,
+    /// TCP address.
+    pub tcp: SocketAddr,
+    /// RTP port pool (leases in use are observable).
+    pub ports: Arc<crate::sip::media::PortPool>,
 }
 
 /// Installs the process-wide crypto providers (rustls, str0m) once; a second call is a no-op.
@@ -313,7 +326,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
 
-    tracing::info!(%http_addr, %https_addr, media = ?media_addrs, "switchboard listening");
+    let mut tasks = vec![http_task, https_task, media_task, media_events];
+    let sip = if config.sip.enabled() {
+        let router = config.sip.validate()?;
+        let gw = crate::sip::start(
+            crate::sip::SipSettings {
+                bind: config.sip.bind,
+                port: config.sip.port,
+                rtp_ports: (config.sip.rtp_port_min, config.sip.rtp_port_max),
+                advertise: config.public_ip,
+                router,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        tasks.extend(gw.tasks);
+        Some(SipAddrs {
+            udp: gw.udp_addr,
+            tcp: gw.tcp_addr,
+            ports: gw.ports,
+        })
+    } else {
+        None
+    };
+
+    tracing::info!(%http_addr, %https_addr, media = ?media_addrs, sip = ?sip.as_ref().map(|s| s.udp), "switchboard listening");
     Ok(Running {
         http_addr,
         https_addr,
@@ -321,8 +358,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         connection_string,
         cert_path: cert.cert,
         identity,
+        sip,
         shutdown,
-        tasks: vec![http_task, https_task, media_task, media_events],
+        tasks,
         https,
         http,
         store,

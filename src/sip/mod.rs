@@ -1,0 +1,125 @@
+//! IO shell of the SIP/PSTN gateway: UDP and TCP transports on the SIP port, the user agent that owns every
+//! dialog, and RTP/RTCP sessions on the configured port range. The protocol logic it drives is sans-IO, in
+//! [`crate::proto::sip`].
+//!
+//! Underneath: rsipstack (pinned `=0.7.14`) parses every request that passed our checks and types its Request-URI.
+//! Its transport and transaction layers are not used, because they cannot do what the gateway must (issue 5):
+//! they silently drop a message their parser refuses (`transport/udp.rs` `serve_loop`: "error parsing SIP
+//! message" -> `continue`), so no 400 can ever be sent; their parser accepts RFC 4475 messages that must be
+//! refused (Content-Length beyond the datagram is truncated to what arrived, `INVITE  sip:..` with two spaces,
+//! empty Via parameters); and its `Method` is a closed enum, so an unknown method fails to parse and gets no 501.
+
+pub mod media;
+pub mod transport;
+pub mod ua;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::sip::route::Router;
+use media::PortPool;
+
+/// Gateway start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    /// A socket could not be bound.
+    #[error("binding SIP {transport} {addr}: {source}")]
+    Bind {
+        /// `UDP` or `TCP`.
+        transport: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What the gateway needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct SipSettings {
+    /// Address for SIP and RTP sockets.
+    pub bind: IpAddr,
+    /// SIP port, UDP and TCP (0: any free port, for tests).
+    pub port: u16,
+    /// RTP port range, inclusive.
+    pub rtp_ports: (u16, u16),
+    /// Address put into SDP and Contact when `bind` is a wildcard.
+    pub advertise: Option<IpAddr>,
+    /// Trunks and numbers.
+    pub router: Router,
+}
+
+/// A running gateway.
+pub struct SipGateway {
+    /// Bound UDP address.
+    pub udp_addr: SocketAddr,
+    /// Bound TCP address.
+    pub tcp_addr: SocketAddr,
+    /// The RTP port pool (tests check that nothing leaks).
+    pub ports: Arc<PortPool>,
+    /// Its tasks.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds the SIP port (UDP and TCP; with port 0, TCP takes the port UDP got) and starts the UA.
+///
+/// # Errors
+/// [`SipError::Bind`].
+pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway, SipError> {
+    let want = SocketAddr::new(s.bind, s.port);
+    let udp = UdpSocket::bind(want)
+        .await
+        .map_err(|source| SipError::Bind {
+            transport: "UDP",
+            addr: want,
+            source,
+        })?;
+    let udp_addr = udp.local_addr().map_err(|source| SipError::Bind {
+        transport: "UDP",
+        addr: want,
+        source,
+    })?;
+    let tcp_want = SocketAddr::new(s.bind, udp_addr.port());
+    let tcp = TcpListener::bind(tcp_want)
+        .await
+        .map_err(|source| SipError::Bind {
+            transport: "TCP",
+            addr: tcp_want,
+            source,
+        })?;
+    let tcp_addr = tcp.local_addr().map_err(|source| SipError::Bind {
+        transport: "TCP",
+        addr: tcp_want,
+        source,
+    })?;
+    let udp = Arc::new(udp);
+    let ports = PortPool::new(s.rtp_ports.0, s.rtp_ports.1);
+    let (tx, rx) = mpsc::channel(1024);
+    let ua = ua::Ua::new(
+        ua::UaSettings {
+            router: s.router,
+            media_bind: s.bind,
+            advertise: s.advertise,
+            sip_port: udp_addr.port(),
+        },
+        udp.clone(),
+        ports.clone(),
+    );
+    let tasks = vec![
+        tokio::spawn(transport::udp_loop(udp, tx.clone(), stop.clone())),
+        tokio::spawn(transport::tcp_loop(tcp, tx, stop.clone())),
+        tokio::spawn(ua.run(rx, stop)),
+    ];
+    tracing::info!(%udp_addr, %tcp_addr, rtp_ports = ?s.rtp_ports, "SIP gateway listening");
+    Ok(SipGateway {
+        udp_addr,
+        tcp_addr,
+        ports,
+        tasks,
+    })
+}
