@@ -231,8 +231,7 @@ struct Echo {
     rtcp_latched: bool,
     ssrc: u32,
     out_seq: u16,
-    /// Incoming SSRC and the timestamp offset applied to it.
-    in_ssrc: Option<(u32, u32)>,
+    restamp: rtp::Restamper,
     last_out_ts: u32,
     last_send: Option<Instant>,
     sent_packets: u32,
@@ -265,8 +264,8 @@ impl Echo {
             rtcp_latched: false,
             ssrc,
             out_seq: rand::random::<u16>() & 0x7fff,
-            in_ssrc: None,
-            last_out_ts: rand::random::<u32>(),
+            restamp: rtp::Restamper::new(rand::random::<u32>(), 160),
+            last_out_ts: 0,
             last_send: None,
             sent_packets: 0,
             sent_octets: 0,
@@ -347,19 +346,7 @@ impl Echo {
 
     async fn drain(&mut self, rtp_sock: &UdpSocket, now: Instant) {
         while let Some((_, q)) = self.jitter.pop(now) {
-            // Timestamps are shifted by a per-source offset, so every packet of one DTMF event keeps one timestamp
-            // (case C022); a new incoming source continues our timeline with the marker set (case C030).
-            let mut marker = false;
-            let offset = match self.in_ssrc {
-                Some((s, off)) if s == q.ssrc => off,
-                _ => {
-                    let off = self.last_out_ts.wrapping_add(160).wrapping_sub(q.timestamp);
-                    self.in_ssrc = Some((q.ssrc, off));
-                    marker = true;
-                    off
-                }
-            };
-            let ts = q.timestamp.wrapping_add(offset);
+            let (ts, marker) = self.restamp.map(q.ssrc, q.timestamp);
             if !self.p.send {
                 continue;
             }

@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 /// Packets kept at most; beyond this the oldest are released regardless of gaps.
 pub const MAX_PACKETS: usize = 64;
+/// A packet this far behind what was played is not late but a restarted sequence (RFC 3550 §A.1 MAX_MISORDER).
+pub const MAX_MISORDER: u64 = 100;
+/// A forward jump this large restarts the sequence too (RFC 3550 §A.1 MAX_DROPOUT).
+pub const MAX_DROPOUT: u64 = 3000;
 
 /// Reordering buffer keyed by extended (32-bit, wrap-aware) sequence number.
 #[derive(Debug)]
@@ -49,6 +53,20 @@ impl<T> JitterBuffer<T> {
     /// Adds a packet received at `now`.
     pub fn push(&mut self, now: Instant, seq: u16, item: T) {
         let ext = self.extend(seq);
+        let restart = self
+            .next
+            .is_some_and(|n| ext + MAX_MISORDER < n || ext > n + MAX_DROPOUT);
+        if restart {
+            // The sender restarted its sequence (or a replayed stream): start over from this packet.
+            self.packets.clear();
+            self.next = None;
+            self.highest = None;
+            let ext = self.extend(seq);
+            self.highest = Some(ext);
+            self.next = Some(ext);
+            self.packets.insert(ext, (now, item));
+            return;
+        }
         if self.next.is_some_and(|n| ext < n) || self.packets.contains_key(&ext) {
             self.dropped += 1;
             return;
@@ -117,6 +135,24 @@ mod tests {
             "13 came too late"
         );
         assert_eq!(j.dropped, 1);
+    }
+
+    #[test]
+    fn restarted_sequence_is_followed() {
+        let t0 = Instant::now();
+        let mut j = JitterBuffer::new(Duration::from_millis(40));
+        for s in 5000..5200u16 {
+            j.push(t0, s, s);
+            assert_eq!(j.pop(t0), Some((s, s)));
+        }
+        // The same stream replayed from the start (sipp replays a pcap): far behind, so a restart.
+        j.push(t0, 5000, 1);
+        assert_eq!(j.pop(t0), Some((5000, 1)));
+        j.push(t0, 5001, 2);
+        assert_eq!(j.pop(t0), Some((5001, 2)));
+        // A jump far ahead restarts too.
+        j.push(t0, 30000, 3);
+        assert_eq!(j.pop(t0), Some((30000, 3)));
     }
 
     #[test]

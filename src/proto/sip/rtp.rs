@@ -118,6 +118,49 @@ pub fn seq_newer(a: u16, b: u16) -> bool {
     a != b && a.wrapping_sub(b) < 0x8000
 }
 
+/// Largest forward timestamp step (8000 Hz units: 5 s) still read as the same timeline; beyond it, or any step
+/// backwards, is a discontinuity (case C030).
+pub const MAX_TS_STEP: u32 = 8000 * 5;
+
+/// Maps incoming RTP timestamps onto our own outgoing timeline (RFC 3550 §5.1: the sender picks its own random
+/// timestamp base). Each incoming SSRC is shifted by a constant, so packets of one DTMF event keep one timestamp
+/// (case C022); a new SSRC or a timestamp jump on the same SSRC (case C030) continues our timeline 20 ms after
+/// the last packet, with the marker bit set.
+#[derive(Debug, Clone)]
+pub struct Restamper {
+    source: Option<(u32, u32)>,
+    offset: u32,
+    last_out: u32,
+    step: u32,
+}
+
+impl Restamper {
+    /// Starts our timeline at `base`; `step` is one packet's duration (160 for 20 ms at 8 kHz).
+    pub fn new(base: u32, step: u32) -> Self {
+        Restamper {
+            source: None,
+            offset: 0,
+            last_out: base.wrapping_sub(step),
+            step,
+        }
+    }
+
+    /// Our timestamp for an incoming (SSRC, timestamp), and whether to set the marker bit.
+    pub fn map(&mut self, ssrc: u32, ts: u32) -> (u32, bool) {
+        let continuous = match self.source {
+            Some((s, last_in)) if s == ssrc => ts.wrapping_sub(last_in) <= MAX_TS_STEP,
+            _ => false,
+        };
+        if !continuous {
+            self.offset = self.last_out.wrapping_add(self.step).wrapping_sub(ts);
+        }
+        self.source = Some((ssrc, ts));
+        let out = ts.wrapping_add(self.offset);
+        self.last_out = out;
+        (out, !continuous)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +212,60 @@ mod tests {
         assert_eq!((b.payload_offset, b.csrcs.len()), (72, 15));
         assert_eq!(a.payload, [0xff; 20]);
         assert_eq!(b.payload, [0xff; 20]);
+    }
+
+    fn restamp(file: &str) -> Vec<(u32, bool)> {
+        let mut r = Restamper::new(1_000_000, 160);
+        lines(file)
+            .iter()
+            .map(|(_, b)| {
+                let p = parse(b).unwrap();
+                r.map(p.ssrc, p.timestamp)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn c030_timestamp_jump_backward_restamped_continuous_with_marker() {
+        let out = restamp(include_str!(
+            "../../../tests/data/sip/rtp/c030a-ts-jump-backward.rtp.txt"
+        ));
+        assert!(
+            out.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(160)),
+            "{out:?}"
+        );
+        let marks: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.1)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(marks, [0, 5], "marker on the first packet and at the jump");
+    }
+
+    #[test]
+    fn c030_timestamp_jump_forward_restamped_continuous_with_marker() {
+        let out = restamp(include_str!(
+            "../../../tests/data/sip/rtp/c030b-ts-jump-forward.rtp.txt"
+        ));
+        assert!(
+            out.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(160)),
+            "{out:?}"
+        );
+        assert_eq!(out.iter().filter(|o| o.1).count(), 2);
+    }
+
+    #[test]
+    fn restamper_keeps_event_timestamps_and_wraps() {
+        let mut r = Restamper::new(u32::MAX - 100, 160);
+        let (a, m) = r.map(1, 5000);
+        assert!(m);
+        assert_eq!(
+            r.map(1, 5000),
+            (a, false),
+            "same incoming ts, same outgoing ts (one DTMF event)"
+        );
+        assert_eq!(r.map(1, 5160).0, a.wrapping_add(160), "wraps through 2^32");
     }
 
     #[test]
