@@ -51,7 +51,7 @@ fn free_udp_port(ip: &str) -> u16 {
     loop {
         let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
         let p = s.local_addr().unwrap().port();
-        if p % 2 == 0
+        if p.is_multiple_of(2)
             && p < 65000
             && std::net::UdpSocket::bind((ip, p + 1)).is_ok()
             && std::net::UdpSocket::bind((ip, p + 2)).is_ok()
@@ -107,7 +107,7 @@ impl Capture {
                     .parse::<u16>()
                     .ok()
             })
-            .filter(|port| port % 2 == 0)
+            .filter(|port| port.is_multiple_of(2))
             .count()
     }
 }
