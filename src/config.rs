@@ -476,6 +476,13 @@ echo = true
     }
 
     #[test]
+    fn sample_config_is_the_defaults() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/switchboard.sample.toml");
+        let c = Config::load(Some(&f), &[], &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
     fn file_values_and_unknown_keys() {
         let dir = std::env::temp_dir().join(format!("sbcfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

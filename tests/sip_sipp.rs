@@ -180,6 +180,7 @@ async fn sipp_echo_returns_rtp_and_c022_rfc4733_digit_counted_once() {
     let (ok, log) = sipp(udp, "echo_dtmf.xml", ECHO, "127.0.0.1").await;
     assert!(ok, "sipp scenario failed: {log}");
     let echoed = cap.rtp_packets().await;
+    eprintln!("sipp echo: {echoed} RTP packets came back");
     // g711a.pcap carries 184 RTP packets towards the callee and dtmf_2833_1.pcap 10: all come back.
     assert!(echoed >= 180, "echo returned {echoed} RTP packets");
     assert_eq!(
@@ -229,6 +230,7 @@ async fn sipp_reinvite_hold_stops_echo_resume_restores_it() {
         "sipp scenario failed (200 OKs must answer recvonly, then sendrecv): {log}"
     );
     let echoed = cap.rtp_packets().await;
+    eprintln!("sipp hold/resume: {echoed} RTP packets came back");
     // g711a.pcap (184 packets) is played three times: before hold, on hold, after resume. Only two come back.
     assert!(
         (330..=380).contains(&echoed),

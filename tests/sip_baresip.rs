@@ -1,0 +1,159 @@
+//! A real phone: baresip (Debian) calls the echo line, sends a 3 s test signal from a WAV file (aufile) and records
+//! what it hears (sndfile). The recording must carry the signal back: speech-band energy comparable to what was
+//! sent. baresip is required (`scripts/test` installs it); `SWITCHBOARD_SKIP_SIPP=1` skips, like the sipp tests.
+
+mod common;
+mod sip_support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sip_support::*;
+
+fn write_wav(path: &Path, samples: &[i16]) {
+    let mut b = Vec::new();
+    let data_len = (samples.len() * 2) as u32;
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    b.extend_from_slice(&1u16.to_le_bytes()); // mono
+    b.extend_from_slice(&8000u32.to_le_bytes());
+    b.extend_from_slice(&16000u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// Samples of a 16-bit PCM WAV (the `data` chunk).
+fn read_wav(path: &Path) -> Vec<i16> {
+    let b = std::fs::read(path).unwrap();
+    let mut off = 12;
+    while off + 8 <= b.len() {
+        let len = u32::from_le_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
+        if &b[off..off + 4] == b"data" {
+            let end = (off + 8 + len).min(b.len());
+            return b[off + 8..end]
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect();
+        }
+        off += 8 + len + (len & 1);
+    }
+    Vec::new()
+}
+
+fn rms(x: &[i16]) -> f64 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    (x.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / x.len() as f64).sqrt() / 32768.0
+}
+
+#[tokio::test]
+async fn baresip_hears_its_own_signal_from_the_echo_line() {
+    let have = Command::new("sh")
+        .args(["-c", "command -v baresip"])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        if std::env::var("SWITCHBOARD_SKIP_SIPP").as_deref() == Ok("1") {
+            return;
+        }
+        panic!("baresip is needed (apt-get install baresip); SWITCHBOARD_SKIP_SIPP=1 skips");
+    }
+    let s = sip_server(44000).await;
+    let (udp, _) = sip_addrs(&s);
+    let dir = std::env::temp_dir().join(format!("sb-baresip-{}", std::process::id()));
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // 3 s of a speech-band signal: 300-3000 Hz partials with a 4 Hz syllable-like envelope.
+    let signal: Vec<i16> = (0..24_000)
+        .map(|i| {
+            let t = i as f64 / 8000.0;
+            let env = 0.5 + 0.5 * (2.0 * std::f64::consts::PI * 4.0 * t).sin();
+            let v: f64 = [300.0, 700.0, 1200.0, 2500.0]
+                .iter()
+                .map(|f| (2.0 * std::f64::consts::PI * f * t).sin())
+                .sum::<f64>()
+                / 4.0;
+            (0.5 * env * v * 32767.0) as i16
+        })
+        .collect();
+    let wav = dir.join("signal.wav");
+    write_wav(&wav, &signal);
+    let sip_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "poll_method\tepoll\nsip_listen\t127.0.0.1:{sip_port}\nsip_transports\tudp\ncall_local_timeout\t120\ncall_max_calls\t4\n\
+         audio_player\taubridge,nil\naudio_source\taufile,{wav}\naudio_alert\taubridge,nil\nausrc_srate\t8000\nausrc_channels\t1\n\
+         rtp_ports\t44500-44600\nnet_interface\t127.0.0.1\nmodule_path\t/usr/lib/baresip/modules\nmodule\tg711.so\nmodule\taufile.so\n\
+         module\taubridge.so\nmodule\tsndfile.so\nmodule_tmp\taccount.so\nmodule_app\tmenu.so\nsnd_path\t{out}\n",
+        wav = wav.display(),
+        out = out.display()
+    );
+    std::fs::write(dir.join("config"), config).unwrap();
+    std::fs::write(
+        dir.join("accounts"),
+        format!(
+            "<sip:+15550999@127.0.0.1:{sip_port};transport=udp>;regint=0;audio_codecs=PCMU,PCMA\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("contacts"), "").unwrap();
+    let mut cmd = tokio::process::Command::new("baresip");
+    cmd.arg("-f")
+        .arg(&dir)
+        .args(["-e", &format!("/dial sip:{ECHO}@{udp}"), "-t", "8"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let run = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("baresip ends")
+        .expect("baresip runs");
+    let log = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(log.contains("Call established"), "{log}");
+    let heard = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("no recording of what baresip heard: {log}"));
+    let heard = read_wav(&heard);
+    let (sent_rms, heard_rms) = (rms(&signal), rms(&heard));
+    eprintln!(
+        "baresip: sent RMS {sent_rms:.4}, heard RMS {heard_rms:.4} over {} samples",
+        heard.len()
+    );
+    assert!(
+        heard.len() >= 16_000,
+        "at least 2 s heard, got {} samples",
+        heard.len()
+    );
+    assert!(
+        heard_rms > 0.5 * sent_rms,
+        "echo energy {heard_rms:.4} vs sent {sent_rms:.4}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.running.sip.as_ref().unwrap().ports.in_use(),
+        0,
+        "baresip hung up: ports released"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    s.running.shutdown().await;
+}
