@@ -414,3 +414,45 @@ async fn cancel_before_answer_487_and_cancel_200_race() {
     assert_eq!(s.running.sip.as_ref().unwrap().ports.in_use(), 0);
     s.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn symmetric_rtp_latches_to_the_real_source() {
+    let s = sip_server(45000).await;
+    let (udp, _) = sip_addrs(&s);
+    let mut uac = Uac::new("127.0.0.1:0", udp).await;
+    // The SDP names a port nobody listens on (as behind a NAT); RTP really comes from another socket.
+    let signalled = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let signalled_port = signalled.local_addr().unwrap().port();
+    drop(signalled);
+    let real = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    uac.invite(ECHO, &offer(signalled_port, true)).await;
+    let got = udp_until(&uac.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
+    let ok = got.last().unwrap();
+    assert_eq!(code(ok), 200);
+    uac.to_tag = ok.to_tag();
+    uac.send(&uac.request("ACK", ECHO, 1, "ACK", "", "")).await;
+    let neg = sdp::negotiate(
+        &sdp::parse(&String::from_utf8_lossy(&ok.body)).unwrap(),
+        &[sdp::G711::Pcmu],
+    )
+    .unwrap();
+    for i in 0..20u16 {
+        let pkt = rtp::write(i == 0, 0, i, 160 * u32::from(i), 99, &[0x55; 160]);
+        real.send_to(&pkt, neg.remote_rtp).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), real.recv_from(&mut buf)).await
+    {
+        n += 1;
+    }
+    assert!(n >= 18, "echo latched to the real source: {n} packets");
+    uac.send(&uac.request("BYE", ECHO, 2, "BYE", "", "")).await;
+    assert_eq!(
+        codes(&udp_until(&uac.sock, Duration::from_secs(2), |_| true).await),
+        [200]
+    );
+    s.running.shutdown().await;
+}

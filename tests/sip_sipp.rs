@@ -119,6 +119,17 @@ async fn sipp(
     number: &str,
     local_ip: &str,
 ) -> (bool, String) {
+    sipp_over(target, xml, number, local_ip, "u1").await
+}
+
+/// Runs one sipp call over a transport (`u1`: UDP, `t1`: TCP).
+async fn sipp_over(
+    target: std::net::SocketAddr,
+    xml: &str,
+    number: &str,
+    local_ip: &str,
+    transport: &str,
+) -> (bool, String) {
     let port = free_udp_port(local_ip);
     let mp = free_udp_port(local_ip);
     let dir = std::env::temp_dir().join(format!("sb-sipp-{}-{port}", std::process::id()));
@@ -139,6 +150,8 @@ async fn sipp(
             &mp.to_string(),
         ])
         .args([
+            "-t",
+            transport,
             "-m",
             "1",
             "-l",
@@ -259,5 +272,27 @@ async fn sipp_untrusted_source_403() {
     // The same scenario from the trusted address fails (it is answered 100/200, not 403): the test can fail.
     let (ok, _) = sipp(udp, "untrusted_403.xml", ECHO, "127.0.0.1").await;
     assert!(!ok, "a trusted source is not refused");
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn sipp_echo_over_tcp() {
+    if tools_missing() {
+        return;
+    }
+    let _g = SERIAL.lock().await;
+    let s = sip_server(43800).await;
+    let (_, tcp) = sip_addrs(&s);
+    let before = counter(&s, "switchboard_sip_dtmf_total", &["source=\"rfc4733\""]).await;
+    let cap = capture(43800, "tcp").await;
+    let (ok, log) = sipp_over(tcp, "echo_dtmf.xml", ECHO, "127.0.0.1", "t1").await;
+    assert!(ok, "sipp over TCP failed: {log}");
+    let echoed = cap.rtp_packets().await;
+    eprintln!("sipp over TCP: {echoed} RTP packets came back");
+    assert!(echoed >= 180, "echo returned {echoed} RTP packets");
+    assert_eq!(
+        counter(&s, "switchboard_sip_dtmf_total", &["source=\"rfc4733\""]).await - before,
+        1.0
+    );
     s.running.shutdown().await;
 }
