@@ -456,3 +456,48 @@ async fn symmetric_rtp_latches_to_the_real_source() {
     );
     s.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn options_keepalive_marks_trunk_up_then_down() {
+    // A fake carrier: answers the gateway's OPTIONS probes until told to stop.
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = carrier.local_addr().unwrap();
+    let s = sip_server_with(45200, |c| {
+        let mut t = c.sip.trunks[0].clone();
+        t.name = "probed".into();
+        t.address = addr.to_string();
+        t.allow = vec![];
+        t.keepalive_secs = 1;
+        c.sip.trunks.push(t);
+    })
+    .await;
+    let up = |s| async move { counter(s, "switchboard_sip_trunk_up", &["trunk=\"probed\""]).await };
+    let mut buf = vec![0u8; 4096];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(3), carrier.recv_from(&mut buf))
+        .await
+        .expect("a probe")
+        .unwrap();
+    let probe = switchboard::proto::sip::message::parse(&buf[..n]).unwrap();
+    assert_eq!(probe.method(), Some("OPTIONS"));
+    probe.validate_request().unwrap();
+    assert_eq!(from, sip_addrs(&s).0, "probes come from the SIP port");
+    let ok = switchboard::proto::sip::message::ReplyBase::of(&probe).response(
+        200,
+        "OK",
+        Some("c1"),
+        &[],
+        b"",
+    );
+    carrier.send_to(&ok, from).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(up(&s).await, 1.0, "trunk up after an answer");
+    // Stop answering: down after three unanswered probes (about 3 s at 1 s intervals).
+    let mut probes = 0;
+    let end = tokio::time::Instant::now() + Duration::from_millis(4500);
+    while let Ok(Ok(_)) = tokio::time::timeout_at(end, carrier.recv_from(&mut buf)).await {
+        probes += 1;
+    }
+    assert!(probes >= 3, "{probes} probes");
+    assert_eq!(up(&s).await, 0.0, "trunk down");
+    s.running.shutdown().await;
+}

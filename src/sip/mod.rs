@@ -99,6 +99,7 @@ pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway
     })?;
     let udp = Arc::new(udp);
     let ports = PortPool::new(s.rtp_ports.0, s.rtp_ports.1);
+    let keepalive = resolve_keepalives(&s.router).await;
     let (tx, rx) = mpsc::channel(1024);
     let ua = ua::Ua::new(
         ua::UaSettings {
@@ -106,6 +107,7 @@ pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway
             media_bind: s.bind,
             advertise: s.advertise,
             sip_port: udp_addr.port(),
+            keepalive,
         },
         udp.clone(),
         ports.clone(),
@@ -122,4 +124,46 @@ pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway
         ports,
         tasks,
     })
+}
+
+/// Resolves the address of every UDP trunk with keepalives on (once, at start; 2 s per name). A name that does
+/// not resolve is logged and not probed.
+async fn resolve_keepalives(router: &Router) -> Vec<(String, SocketAddr, std::time::Duration)> {
+    let mut out = Vec::new();
+    for t in router.trunks() {
+        if t.keepalive_secs == 0 || t.transport != crate::proto::sip::route::TrunkTransport::Udp {
+            continue;
+        }
+        let target = if t
+            .address
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !t.address.ends_with(']')
+        {
+            t.address.clone()
+        } else {
+            format!("{}:5060", t.address)
+        };
+        let found = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::net::lookup_host(target.clone()),
+        )
+        .await;
+        match found {
+            Ok(Ok(mut addrs)) => match addrs.next() {
+                Some(a) => out.push((
+                    t.name.clone(),
+                    a,
+                    std::time::Duration::from_secs(t.keepalive_secs),
+                )),
+                None => {
+                    tracing::warn!(trunk = %t.name, address = %target, "trunk address resolves to nothing: no keepalive")
+                }
+            },
+            _ => {
+                tracing::warn!(trunk = %t.name, address = %target, "trunk address does not resolve: no keepalive")
+            }
+        }
+    }
+    out
 }

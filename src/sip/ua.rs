@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::media::{DtmfSource, MediaParams, MediaSession, PortPool, report_dtmf};
 use super::transport::{Peer, Received};
 use crate::proto::sip::dtmf;
+use crate::proto::sip::keepalive::{Health, KeepAlive};
 use crate::proto::sip::message::{self, Message, ReplyBase, StartLine};
 use crate::proto::sip::route::{Decision, RouteTarget, Router};
 use crate::proto::sip::sdp::{self, Negotiated, SessionDescription};
@@ -41,6 +42,14 @@ pub struct UaSettings {
     pub advertise: Option<IpAddr>,
     /// SIP port (for Contact).
     pub sip_port: u16,
+    /// Trunks probed with OPTIONS: name, resolved address, interval.
+    pub keepalive: Vec<(String, std::net::SocketAddr, Duration)>,
+}
+
+struct Probe {
+    trunk: String,
+    addr: std::net::SocketAddr,
+    state: KeepAlive,
 }
 
 #[derive(Debug)]
@@ -101,6 +110,7 @@ pub struct Ua {
     calls: HashMap<String, Call>,
     /// Final responses of non-INVITE transactions, replayed for retransmissions: (Call-ID, CSeq, method).
     finals: HashMap<(String, u32, String), (Vec<u8>, Instant)>,
+    probes: Vec<Probe>,
 }
 
 fn tag() -> String {
@@ -121,7 +131,23 @@ fn class(code: u16) -> &'static str {
 impl Ua {
     /// A UA answering on `udp` (TCP replies go through each connection's writer).
     pub fn new(settings: UaSettings, udp: Arc<UdpSocket>, ports: Arc<PortPool>) -> Ua {
+        let now = Instant::now();
+        let probes = settings
+            .keepalive
+            .iter()
+            .enumerate()
+            .map(|(i, (trunk, addr, every))| Probe {
+                trunk: trunk.clone(),
+                addr: *addr,
+                state: KeepAlive::new(
+                    now,
+                    *every,
+                    format!("sbka{i}x{:08x}", rand::random::<u32>()),
+                ),
+            })
+            .collect();
         Ua {
+            probes,
             settings,
             udp,
             ports,
@@ -180,7 +206,16 @@ impl Ua {
         };
         let (method, _) = match &msg.start {
             StartLine::Response { code, .. } => {
-                // No client transactions in this phase: responses are logged and dropped (RFC 3261 §18.1.2).
+                // The only client transactions are keepalive probes; other responses are dropped (§18.1.2).
+                let call_id = msg.call_id().unwrap_or("");
+                if let Some(p) = self.probes.iter_mut().find(|p| p.state.owns(call_id)) {
+                    if p.state.handle_response(call_id) == Some(Health::Up) {
+                        tracing::info!(trunk = %p.trunk, addr = %p.addr, code, "trunk up (answers OPTIONS)");
+                        metrics::gauge!("switchboard_sip_trunk_up", "trunk" => p.trunk.clone())
+                            .set(1.0);
+                    }
+                    return;
+                }
                 tracing::debug!(peer = %peer.addr(), code, "SIP response without client transaction: dropped");
                 return;
             }
@@ -848,7 +883,39 @@ impl Ua {
         self.finals.insert(key, (r, Instant::now() + 64 * T1));
     }
 
+    async fn keepalives(&mut self, now: Instant) {
+        let mut sends = Vec::new();
+        for p in &mut self.probes {
+            let (probe, change) = p.state.poll(now);
+            if change == Some(Health::Down) {
+                tracing::warn!(trunk = %p.trunk, addr = %p.addr, "trunk down: OPTIONS unanswered 3 times");
+                metrics::gauge!("switchboard_sip_trunk_up", "trunk" => p.trunk.clone()).set(0.0);
+            }
+            if let Some(call_id) = probe {
+                sends.push((p.addr, call_id));
+            }
+        }
+        for (addr, call_id) in sends {
+            let ip = self.local_ip(addr.ip());
+            let host = if ip.is_ipv6() {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            let port = self.settings.sip_port;
+            let req = format!(
+                "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{b:016x};rport\r\nMax-Forwards: 70\r\nFrom: <sip:switchboard@{host}:{port}>;tag={t}\r\nTo: <sip:{addr}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nUser-Agent: {USER_AGENT}\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n",
+                b = rand::random::<u64>(),
+                t = tag(),
+            );
+            if let Err(e) = self.udp.send_to(req.as_bytes(), addr).await {
+                tracing::debug!(%addr, error = %e, "keepalive send failed");
+            }
+        }
+    }
+
     async fn handle_timers(&mut self, now: Instant) {
+        self.keepalives(now).await;
         self.finals.retain(|_, (_, until)| *until > now);
         let due: Vec<String> = self
             .calls

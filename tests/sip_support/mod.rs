@@ -23,6 +23,11 @@ pub const USER: &str = "+15550102";
 
 /// A server whose SIP gateway trusts 127.0.0.1 only, RTP from `rtp_min` (100 pairs).
 pub async fn sip_server(rtp_min: u16) -> TestServer {
+    sip_server_with(rtp_min, |_| {}).await
+}
+
+/// [`sip_server`] with a last change to the configuration.
+pub async fn sip_server_with(rtp_min: u16, tweak: impl FnOnce(&mut Config)) -> TestServer {
     server_with(|c: &mut Config| {
         c.sip.port = 0;
         c.sip.bind = "127.0.0.1".parse().unwrap();
@@ -38,6 +43,7 @@ pub async fn sip_server(rtp_min: u16) -> TestServer {
             caller_id: None,
             codecs: vec![G711::Pcmu, G711::Pcma],
             prefixes: vec!["+1".into()],
+            keepalive_secs: 0,
         }];
         let num = |n: &str, echo: bool, after: u64, user: Option<&str>| NumberConfig {
             number: n.into(),
@@ -56,6 +62,7 @@ pub async fn sip_server(rtp_min: u16) -> TestServer {
                 Some("8:acs:00000000-0000-0000-0000-000000000000_1"),
             ),
         ];
+        tweak(c);
     })
     .await
 }

@@ -6,6 +6,7 @@ pub mod dtmf;
 pub mod g711;
 pub mod goertzel;
 pub mod jitter;
+pub mod keepalive;
 pub mod message;
 pub mod route;
 pub mod rtcp;

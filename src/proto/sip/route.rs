@@ -117,6 +117,14 @@ pub struct TrunkConfig {
     /// Outbound number prefixes routed to this trunk (`+1`, `+44`).
     #[serde(default)]
     pub prefixes: Vec<String>,
+    /// Seconds between OPTIONS keepalives to `address` (RFC 3261 §11); 3 unanswered in a row mark the trunk down.
+    /// 0 disables them. UDP trunks only.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+}
+
+fn default_keepalive() -> u64 {
+    30
 }
 
 /// What an inbound call to a number does.
@@ -255,6 +263,12 @@ impl Router {
                     });
                 }
             }
+            if t.keepalive_secs > 3600 {
+                return Err(RouteConfigError {
+                    key: key("keepalive_secs"),
+                    why: "at most 3600 (0 disables)".into(),
+                });
+            }
             let mut nets = Vec::new();
             for (j, a) in t.allow.iter().enumerate() {
                 nets.push(Cidr::parse(a).map_err(|why| RouteConfigError {
@@ -314,6 +328,11 @@ impl Router {
         self.trunks
             .iter()
             .position(|(_, nets)| nets.iter().any(|n| n.contains(ip)))
+    }
+
+    /// Every trunk's configuration, in order.
+    pub fn trunks(&self) -> impl Iterator<Item = &TrunkConfig> {
+        self.trunks.iter().map(|(t, _)| t)
     }
 
     /// A trunk's configuration.
@@ -382,6 +401,7 @@ mod tests {
             caller_id: None,
             codecs: default_codecs(),
             prefixes: vec!["+1".into(), "+1555".into()],
+            keepalive_secs: 30,
         }
     }
 
