@@ -501,3 +501,61 @@ async fn options_keepalive_marks_trunk_up_then_down() {
     assert_eq!(up(&s).await, 0.0, "trunk down");
     s.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn tel_uri_is_routed_like_sip() {
+    let s = sip_server(45400).await;
+    let (udp, _) = sip_addrs(&s);
+    let uac = Uac::new("127.0.0.1:0", udp).await;
+    let req = String::from_utf8(uac.request(
+        "INVITE",
+        ECHO,
+        1,
+        "INVITE",
+        "Content-Type: application/sdp\r\n",
+        &offer(4008, true),
+    ))
+    .unwrap();
+    let req = req.replacen(
+        &format!("INVITE sip:{ECHO}@{udp} SIP/2.0"),
+        &format!("INVITE tel:{ECHO} SIP/2.0"),
+        1,
+    );
+    uac.send(req.as_bytes()).await;
+    let got = udp_until(&uac.sock, Duration::from_secs(2), |m| code(m) >= 200).await;
+    assert_eq!(codes(&got), [100, 200], "tel:{ECHO} reaches the echo line");
+    let mut uac = uac;
+    uac.to_tag = got.last().unwrap().to_tag();
+    uac.send(&uac.request("ACK", ECHO, 1, "ACK", "", "")).await;
+    uac.send(&uac.request("BYE", ECHO, 2, "BYE", "", "")).await;
+    assert_eq!(
+        codes(&udp_until(&uac.sock, Duration::from_secs(2), |_| true).await),
+        [200]
+    );
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn bye_in_early_dialog_ends_the_invite_with_487() {
+    let s = sip_server(45600).await;
+    let (udp, _) = sip_addrs(&s);
+    let mut uac = Uac::new("127.0.0.1:0", udp).await;
+    uac.invite(ECHO_SLOW, &offer(4010, true)).await;
+    let got = udp_until(&uac.sock, Duration::from_secs(2), |m| code(m) == 180).await;
+    assert_eq!(codes(&got), [100, 180]);
+    uac.to_tag = got.last().unwrap().to_tag();
+    uac.send(&uac.request("BYE", ECHO_SLOW, 2, "BYE", "", ""))
+        .await;
+    let got = udp_collect(&uac.sock, Duration::from_millis(1000)).await;
+    let mut c = codes(&got);
+    c.sort();
+    assert_eq!(c, [200, 487], "BYE answered, INVITE terminated");
+    let late = udp_collect(&uac.sock, Duration::from_millis(2500)).await;
+    assert!(
+        late.iter()
+            .all(|m| code(m) != 200 || m.cseq().map(|c| c.1 != "INVITE").unwrap_or(true)),
+        "never answered 200 afterwards"
+    );
+    assert_eq!(s.running.sip.as_ref().unwrap().ports.in_use(), 0);
+    s.running.shutdown().await;
+}

@@ -204,7 +204,7 @@ impl Ua {
                 return;
             }
         };
-        let (method, _) = match &msg.start {
+        let (method, request_uri) = match &msg.start {
             StartLine::Response { code, .. } => {
                 // The only client transactions are keepalive probes; other responses are dropped (§18.1.2).
                 let call_id = msg.call_id().unwrap_or("");
@@ -246,7 +246,12 @@ impl Ua {
         // The stack underneath types the Request-URI. It keeps %-escapes in the user part, so compare after
         // unescaping (RFC 3261 §19.1.4, case C003).
         let dialled = match rsipstack::sip::SipMessage::try_from(data.as_slice()) {
-            Ok(rsipstack::sip::SipMessage::Request(req)) => req.uri.user().map(message::unescape),
+            // A `tel:` URI has no user part for rsipstack (the number is its host): read it ourselves.
+            Ok(rsipstack::sip::SipMessage::Request(req)) => req
+                .uri
+                .user()
+                .map(message::unescape)
+                .or_else(|| message::uri_user(&request_uri)),
             Ok(_) => None,
             Err(e) => {
                 self.malformed(&data, Some(&msg), &peer, &format!("rsipstack: {e}"))
@@ -848,6 +853,18 @@ impl Ua {
             "BYE" => {
                 if let Some(c) = self.calls.remove(call_id) {
                     tracing::info!(call_id, trunk = %c.trunk, "BYE: call ended");
+                    if matches!(c.state, State::Ringing(_)) {
+                        // A BYE in the early dialog ends the INVITE too (RFC 3261 §15.1.2).
+                        self.reply(
+                            &c.peer,
+                            &c.base,
+                            (487, "Request Terminated"),
+                            Some(&c.local_tag),
+                            &[],
+                            b"",
+                        )
+                        .await;
+                    }
                 }
                 self.reply(&peer, &base, (200, "OK"), None, &[], b"").await
             }
