@@ -66,35 +66,20 @@ pub struct SipGateway {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// Binds the SIP port (UDP and TCP; with port 0, TCP takes the port UDP got) and starts the UA.
+/// Binds the SIP port (UDP and TCP on the same number; with port 0 a free one) and starts the UA.
 ///
 /// # Errors
 /// [`SipError::Bind`].
 pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway, SipError> {
-    let want = SocketAddr::new(s.bind, s.port);
-    let udp = UdpSocket::bind(want)
-        .await
-        .map_err(|source| SipError::Bind {
-            transport: "UDP",
-            addr: want,
-            source,
-        })?;
+    let (udp, tcp) = bind_pair(s.bind, s.port).await?;
     let udp_addr = udp.local_addr().map_err(|source| SipError::Bind {
         transport: "UDP",
-        addr: want,
+        addr: SocketAddr::new(s.bind, s.port),
         source,
     })?;
-    let tcp_want = SocketAddr::new(s.bind, udp_addr.port());
-    let tcp = TcpListener::bind(tcp_want)
-        .await
-        .map_err(|source| SipError::Bind {
-            transport: "TCP",
-            addr: tcp_want,
-            source,
-        })?;
     let tcp_addr = tcp.local_addr().map_err(|source| SipError::Bind {
         transport: "TCP",
-        addr: tcp_want,
+        addr: udp_addr,
         source,
     })?;
     let udp = Arc::new(udp);
@@ -166,4 +151,58 @@ async fn resolve_keepalives(router: &Router) -> Vec<(String, SocketAddr, std::ti
         }
     }
     out
+}
+
+/// Binds UDP and TCP on the same port. With port 0 (tests) a free port is searched: TCP first (ephemeral TCP
+/// ports are the scarcer ones on a busy host), then UDP on the same number, retried a few times.
+async fn bind_pair(ip: std::net::IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), SipError> {
+    if port != 0 {
+        let addr = SocketAddr::new(ip, port);
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| SipError::Bind {
+                transport: "UDP",
+                addr,
+                source,
+            })?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| SipError::Bind {
+                transport: "TCP",
+                addr,
+                source,
+            })?;
+        return Ok((udp, tcp));
+    }
+    let mut last = None;
+    for _ in 0..64 {
+        let any = SocketAddr::new(ip, 0);
+        let tcp = TcpListener::bind(any)
+            .await
+            .map_err(|source| SipError::Bind {
+                transport: "TCP",
+                addr: any,
+                source,
+            })?;
+        let addr = tcp.local_addr().map_err(|source| SipError::Bind {
+            transport: "TCP",
+            addr: any,
+            source,
+        })?;
+        match UdpSocket::bind(addr).await {
+            Ok(udp) => return Ok((udp, tcp)),
+            Err(source) => {
+                last = Some(SipError::Bind {
+                    transport: "UDP",
+                    addr,
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(SipError::Bind {
+        transport: "UDP",
+        addr: SocketAddr::new(ip, 0),
+        source: std::io::Error::other("no free port pair"),
+    }))
 }
