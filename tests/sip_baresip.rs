@@ -53,6 +53,21 @@ fn read_wav(path: &Path) -> Vec<i16> {
     Vec::new()
 }
 
+/// A port below the ephemeral range (busy hosts have most ephemeral TCP ports taken) with it and the next one free
+/// for TCP and UDP: baresip listens on SIP UDP+TCP at the port and SIP/TLS on the next one.
+fn free_low_port(salt: u16) -> u16 {
+    let start = 20_000 + (std::process::id() as u16 % 500) * 20 + salt * 4;
+    (start..32_000)
+        .step_by(3)
+        .find(|p| {
+            (0..2).all(|i| {
+                std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()
+                    && std::net::UdpSocket::bind(("127.0.0.1", p + i)).is_ok()
+            })
+        })
+        .expect("a free port pair below 32000")
+}
+
 fn rms(x: &[i16]) -> f64 {
     if x.is_empty() {
         return 0.0;
@@ -95,11 +110,7 @@ async fn baresip_hears_its_own_signal_from_the_echo_line() {
         .collect();
     let wav = dir.join("signal.wav");
     write_wav(&wav, &signal);
-    let sip_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let sip_port = free_low_port(0);
     let config = format!(
         "poll_method\tepoll\nsip_listen\t127.0.0.1:{sip_port}\nsip_transports\tudp\ncall_local_timeout\t120\ncall_max_calls\t4\n\
          audio_player\taubridge,nil\naudio_source\taufile,{wav}\naudio_alert\taubridge,nil\nausrc_srate\t8000\nausrc_channels\t1\n\
@@ -162,14 +173,6 @@ async fn baresip_hears_its_own_signal_from_the_echo_line() {
     s.running.shutdown().await;
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Sends one command to baresip's ctrl_tcp module (netstring-framed JSON).
 async fn ctrl(port: u16, command: &str) {
     use tokio::io::AsyncWriteExt;
@@ -213,12 +216,8 @@ async fn baresip_hold_and_resume_keep_the_call() {
         .collect();
     let wav = dir.join("tone.wav");
     write_wav(&wav, &signal);
-    let sip_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let ctrl_port = free_tcp_port();
+    let sip_port = free_low_port(1);
+    let ctrl_port = free_low_port(40);
     let config = format!(
         "poll_method\tepoll\nsip_listen\t127.0.0.1:{sip_port}\nsip_transports\tudp\ncall_local_timeout\t120\ncall_max_calls\t4\n\
          audio_player\taubridge,nil\naudio_source\taufile,{wav}\naudio_alert\taubridge,nil\nausrc_srate\t8000\nausrc_channels\t1\n\
