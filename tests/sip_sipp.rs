@@ -47,15 +47,19 @@ fn scenario(name: &str) -> PathBuf {
 }
 
 fn free_udp_port(ip: &str) -> u16 {
-    // An even port with its neighbour free too (sipp's media port and the next ones).
+    // An even port below the ephemeral range (a busy host has most ephemeral TCP ports taken) with the next two free
+    // for UDP and TCP: sipp's SIP port (TCP too with -t t1), its media port and the ones after it.
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 22_000 + (std::process::id() % 1000) as u16 * 8;
     loop {
-        let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        let p = s.local_addr().unwrap().port();
-        if p.is_multiple_of(2)
-            && p < 65000
-            && std::net::UdpSocket::bind((ip, p + 1)).is_ok()
-            && std::net::UdpSocket::bind((ip, p + 2)).is_ok()
-        {
+        let p = base + NEXT.fetch_add(4, Ordering::Relaxed) % 8000;
+        let p = p - p % 2;
+        let free = (0..3).all(|i| {
+            std::net::UdpSocket::bind((ip, p + i)).is_ok()
+                && std::net::TcpListener::bind((ip, p + i)).is_ok()
+        });
+        if free {
             return p;
         }
     }
