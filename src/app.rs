@@ -197,6 +197,15 @@ fn media_notice(ev: SfuEvent) -> MediaNotice {
             participant: participant.0,
             speaking,
         },
+        SfuEvent::LayersWanted {
+            participant,
+            mid,
+            rids,
+        } => MediaNotice::LayersWanted {
+            participant: participant.0,
+            mid,
+            rids,
+        },
         SfuEvent::CodecUnsupported {
             subscriber,
             publisher,

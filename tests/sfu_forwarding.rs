@@ -829,6 +829,81 @@ fn h264_only_offers_forward_h264() {
     );
 }
 
+fn vp9_only(c: RtcConfig) -> RtcConfig {
+    c.clear_codecs().enable_opus(true, false).enable_vp9(true)
+}
+
+fn av1_only(c: RtcConfig) -> RtcConfig {
+    c.clear_codecs().enable_opus(true, false).enable_av1(true)
+}
+
+/// A VP9 frame with a marker: the SFU forwards it without looking inside.
+fn vp9_frame(from: u64, tick: u8) -> Vec<u8> {
+    let mut f = vec![0x82, 0x49, 0x83, from as u8, tick];
+    f.extend(std::iter::repeat_n(0x22, 250));
+    f
+}
+
+/// An AV1 temporal unit: one OBU_FRAME (type 6, `obu_has_size_field`, AV1 spec §5.3) whose
+/// payload starts with a marker.
+fn av1_frame(from: u64, tick: u8) -> Vec<u8> {
+    let mut payload = vec![0xa5, from as u8, tick];
+    payload.extend(std::iter::repeat_n(0x22, 100));
+    let mut f = vec![(6 << 3) | 0x02, payload.len() as u8];
+    f.extend(payload);
+    f
+}
+
+/// Clients offering only VP9 (or only AV1) get it answered and forwarded between them.
+fn only_codec_is_forwarded(
+    codecs: fn(RtcConfig) -> RtcConfig,
+    codec: Codec,
+    frame: fn(u64, u8) -> Vec<u8>,
+) {
+    let (mut net, a, b) = two_clients(codecs);
+    for tick in 0..30 {
+        net.talk(tick, codec, frame);
+    }
+    net.run_for(Duration::from_millis(200));
+    for (to, from) in [(b, a), (a, b)] {
+        let from_id = net.clients[from].id;
+        let video = net.clients[to].media_from(from_id, TrackSource::Camera);
+        assert!(
+            video.len() >= 10,
+            "client {to}: {} {codec} frames",
+            video.len()
+        );
+        for frame in &video {
+            assert_eq!(frame.params.spec().codec, codec);
+            // The byte before the marker: last of the VP9 prefix, or the AV1 payload's first.
+            let from = from_id.0 as u8;
+            assert!(
+                frame
+                    .data
+                    .windows(3)
+                    .any(|w| (w[0] == 0x83 || w[0] == 0xa5) && w[1] == from && w[2] < 30),
+                "the frame carries its marker: {:?}",
+                &frame.data[..8.min(frame.data.len())]
+            );
+        }
+    }
+    assert!(
+        !net.sfu_events
+            .iter()
+            .any(|e| matches!(e, SfuEvent::CodecUnsupported { .. }))
+    );
+}
+
+#[test]
+fn vp9_only_offers_forward_vp9() {
+    only_codec_is_forwarded(vp9_only, Codec::Vp9, vp9_frame);
+}
+
+#[test]
+fn av1_only_offers_forward_av1() {
+    only_codec_is_forwarded(av1_only, Codec::Av1, av1_frame);
+}
+
 #[test]
 fn removed_participant_is_freed_and_its_datagrams_refused() {
     let (mut net, a, b) = two_clients(default_codecs);

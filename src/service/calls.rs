@@ -154,6 +154,12 @@ pub enum MediaNotice {
         participant: MediaParticipant,
         speaking: bool,
     },
+    /// Dynacast: `participant` should send only these simulcast layers of its m-line `mid`.
+    LayersWanted {
+        participant: MediaParticipant,
+        mid: String,
+        rids: Vec<String>,
+    },
     /// `subscriber` cannot receive a track of `publisher` in codec `codec`.
     CodecUnsupported {
         subscriber: MediaParticipant,
@@ -1257,6 +1263,16 @@ impl HubState {
                 };
                 leg.speaking = speaking;
                 self.announce_update(&call_id, conn);
+            }
+            MediaNotice::LayersWanted {
+                participant,
+                mid,
+                rids,
+            } => {
+                let Some((call_id, conn)) = self.participants.get(&participant).cloned() else {
+                    return;
+                };
+                self.send(conn, ServerMessage::LayersWanted { call_id, mid, rids });
             }
             MediaNotice::CodecUnsupported {
                 subscriber,

@@ -384,6 +384,7 @@ impl Sfu {
         if resumed {
             self.want_keyframe(now, track);
         }
+        self.update_dynacast(now, Some(track));
         self.settle(now);
         Ok(())
     }
@@ -468,6 +469,7 @@ impl Sfu {
         if self.next_bitrate_targets.is_none_or(|t| t <= now) {
             self.next_bitrate_targets = Some(now + BITRATE_TARGET_INTERVAL);
             self.update_bitrate_targets(now);
+            self.update_dynacast(now, None);
         }
         self.settle(now);
     }
@@ -511,7 +513,9 @@ impl Sfu {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
+            .enable_vp9(true)
             .enable_h264(true)
+            .enable_av1(true)
             .enable_bwe(Some(INITIAL_BITRATE_ESTIMATE))
             // Stats events carry the RTCP feedback counters exported as metrics.
             .set_stats_interval(Some(Duration::from_secs(1)))
@@ -766,10 +770,71 @@ impl Sfu {
                 desired += rate(super::simulcast::select(views, preferred, None, None));
             }
             if desired > 0 {
-                trace!(participant = ?p.label(), current, desired,
-                    estimate = ?p.egress_estimate(), "bitrate targets");
-                p.set_bitrate_targets(current, desired);
+                debug!(participant = ?p.label(), current, desired,
+                    estimate = ?p.egress_estimate(), constrained = p.is_constrained(),
+                    "bitrate targets");
+                p.set_bitrate_targets(now, current, desired);
                 p.drain(now, &mut self.out);
+            }
+        }
+    }
+
+    /// Dynacast: works out which simulcast layers of each published track (or only of `only`) a
+    /// subscriber watches or is switching to (the lowest always counts as watched), and asks
+    /// publishers to pause layers unwatched for [`super::participant::DYNACAST_PAUSE_AFTER`] and to resume wanted
+    /// paused ones ([`SfuEvent::LayersWanted`]).
+    fn update_dynacast(&mut self, now: Instant, only: Option<TrackRef>) {
+        let tracks: Vec<(TrackRef, Vec<super::simulcast::LayerView>, Arc<str>)> = self
+            .participants
+            .iter()
+            .flat_map(|(id, p)| {
+                p.published()
+                    .iter()
+                    .filter(|t| p.is_simulcast(t.mid))
+                    .map(move |t| {
+                        (
+                            TrackRef {
+                                publisher: *id,
+                                mid: t.mid,
+                            },
+                            p.ranked_layers(t.mid, now),
+                            Arc::clone(p.room()),
+                        )
+                    })
+            })
+            .filter(|(t, views, _)| views.len() > 1 && only.is_none_or(|o| o == *t))
+            .collect();
+        for (track, views, room) in tracks {
+            let mut wanted = vec![views[0].rid];
+            let members = self
+                .rooms
+                .get(&room)
+                .map(|r| r.members.clone())
+                .unwrap_or_default();
+            for member in members.iter().filter(|m| **m != track.publisher) {
+                let Some(sub) = self.participants.get(member) else {
+                    continue;
+                };
+                let budget = sub.layer_budget();
+                for (t, preferred, current) in sub.layer_wants() {
+                    if t != track {
+                        continue;
+                    }
+                    // What it gets now, and what it would be switched to (computed afresh: its
+                    // recorded target only changes when a frame is forwarded).
+                    wanted.extend(current);
+                    wanted.extend(super::simulcast::select(&views, preferred, budget, current));
+                }
+            }
+            let Some(publisher) = self.participants.get_mut(&track.publisher) else {
+                continue;
+            };
+            if let Some(active) = publisher.apply_wanted_layers(track.mid, &wanted, now) {
+                self.out.events.push_back(SfuEvent::LayersWanted {
+                    participant: track.publisher,
+                    mid: track.mid.to_string(),
+                    rids: active.iter().map(|r| r.to_string()).collect(),
+                });
             }
         }
     }

@@ -30,6 +30,7 @@
 //! ([`SfuEvent::Speaking`], [`SfuEvent::DominantSpeakers`]).
 
 mod candidate;
+mod downlink;
 mod engine;
 mod error;
 mod participant;

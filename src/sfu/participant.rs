@@ -14,6 +14,7 @@ use str0m::media::{
 use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use tracing::{debug, info, warn};
 
+use super::downlink::Downlink;
 use super::engine::IDLE_TIMEOUT;
 use super::simulcast::{LayerView, TrackLayers, select};
 use super::throttle::{KEYFRAME_REQUEST_INTERVAL, Throttle};
@@ -24,8 +25,15 @@ use super::types::{OutTrack, ParticipantId, SfuEvent, SfuStats, TrackSource, Tra
 /// next timeout, scheduled immediately).
 const MAX_OUTPUTS_PER_DRAIN: usize = 20_000;
 
-/// How long a downlink stays capped by its estimate after the estimate fell below the rate sent.
-const CONGESTION_HOLD: Duration = Duration::from_secs(10);
+/// How long a simulcast layer goes unwatched before the publisher is asked to pause it.
+pub(crate) const DYNACAST_PAUSE_AFTER: Duration = Duration::from_secs(3);
+
+/// Dynacast state of one published simulcast m-line.
+#[derive(Debug, Default)]
+struct Dynacast {
+    /// Since when each unwanted layer is unwanted.
+    unwanted_since: HashMap<Rid, Instant>,
+}
 
 /// Work one participant's output creates for the others.
 #[derive(Debug)]
@@ -209,16 +217,13 @@ pub(crate) struct Participant {
     keyframe_throttle: Throttle<(Mid, Option<Rid>)>,
     /// Simulcast layers of its published m-lines, by mid.
     layers: HashMap<Mid, TrackLayers>,
-    /// Latest downlink (egress) estimate of its connection, bit/s.
-    egress_estimate: Option<u64>,
+    /// Dynacast state of its published simulcast m-lines, by mid.
+    dynacast: HashMap<Mid, Dynacast>,
+    /// Congestion state of its downlink (egress estimate, layer cap, probing).
+    downlink: Downlink,
     /// Last cumulative (NACK, PLI + FIR) counts str0m reported per (mid, rid, direction: true = egress), so each
     /// stats event adds only what is new to [`SfuStats`](super::SfuStats).
     feedback_seen: HashMap<(Mid, Option<Rid>, bool), (u64, u64)>,
-    /// Until when the downlink counts as congested (the estimate fell below what it is sent):
-    /// meanwhile the estimate caps its layers.
-    congested_until: Option<Instant>,
-    /// Video rate sent to it by the layers chosen, bit/s (updated every second).
-    sending_rate: u64,
     /// Set once the connection is over; the engine then frees the participant.
     failure: Option<String>,
 }
@@ -264,10 +269,9 @@ impl Participant {
             last_recv: now,
             keyframe_throttle: Throttle::new(KEYFRAME_REQUEST_INTERVAL),
             layers: HashMap::new(),
-            egress_estimate: None,
+            dynacast: HashMap::new(),
+            downlink: Downlink::default(),
             feedback_seen: HashMap::new(),
-            congested_until: None,
-            sending_rate: 0,
             failure: None,
         }
     }
@@ -692,7 +696,7 @@ impl Participant {
             .subscriptions
             .iter()
             .position(|s| s.track == track && matches!(s.state, OutState::Open(_)))?;
-        let budget = self.video_budget(data.network_time);
+        let budget = self.video_budget();
         // Indexing cannot fail: `index` was just found.
         let sub = &mut self.subscriptions[index];
         let OutState::Open(mid) = sub.state else {
@@ -748,14 +752,11 @@ impl Participant {
     }
 
     /// The downlink estimate shared equally by the rendered video m-lines, bit/s; `None` (no cap)
-    /// unless the downlink is congested. An estimate from an underused link only says what was
-    /// sent (str0m's TWCC estimator needs traffic or probes to grow), so it caps layers only for
-    /// [`CONGESTION_HOLD`] after the estimator lowered it below the rate actually sent.
-    fn video_budget(&self, now: Instant) -> Option<u64> {
-        if self.congested_until.is_none_or(|t| now >= t) {
-            return None;
-        }
-        let estimate = self.egress_estimate?;
+    /// unless the downlink is constrained ([`Downlink`]: an estimate from an underused link only
+    /// says what was sent, so it caps layers only after it showed congestion, until it covers
+    /// the preferred layers again).
+    fn video_budget(&self) -> Option<u64> {
+        let estimate = self.downlink.budget()?;
         let videos = self
             .subscriptions
             .iter()
@@ -815,6 +816,62 @@ impl Participant {
             .unwrap_or_default()
     }
 
+    /// Pauses the layers of its published simulcast m-line `mid` that no subscriber wants
+    /// (`wanted`) since [`DYNACAST_PAUSE_AFTER`], and resumes wanted ones that are paused.
+    /// Returns the rids to keep sending (lowest first) when that set changed, for the publisher
+    /// to be told ([`SfuEvent::LayersWanted`]).
+    pub(crate) fn apply_wanted_layers(
+        &mut self,
+        mid: Mid,
+        wanted: &[Rid],
+        now: Instant,
+    ) -> Option<Vec<Rid>> {
+        let views = self.ranked_layers(mid, now);
+        let layers = self.layers.get_mut(&mid)?;
+        let state = self.dynacast.entry(mid).or_default();
+        let mut changed = false;
+        for v in &views {
+            if wanted.contains(&v.rid) {
+                state.unwanted_since.remove(&v.rid);
+                if layers.is_paused(v.rid) {
+                    layers.resume(v.rid, now);
+                    changed = true;
+                }
+            } else {
+                let since = *state.unwanted_since.entry(v.rid).or_insert(now);
+                if !layers.is_paused(v.rid)
+                    && now.saturating_duration_since(since) >= DYNACAST_PAUSE_AFTER
+                {
+                    layers.pause(v.rid, now);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return None;
+        }
+        let active: Vec<Rid> = views
+            .iter()
+            .map(|v| v.rid)
+            .filter(|r| !layers.is_paused(*r))
+            .collect();
+        debug!(participant = %self.id, %mid, ?active, "dynacast: layers wanted");
+        Some(active)
+    }
+
+    /// The subscribed video tracks with the preferred size and current layer of each rendered
+    /// m-line, for dynacast.
+    pub(crate) fn layer_wants(
+        &self,
+    ) -> impl Iterator<Item = (TrackRef, Option<(u32, u32)>, Option<Rid>)> + '_ {
+        self.video_subscriptions()
+    }
+
+    /// The downlink rate its video layers must fit, bit/s (`None`: no cap).
+    pub(crate) fn layer_budget(&self) -> Option<u64> {
+        self.video_budget()
+    }
+
     /// Whether its published m-line `mid` sends simulcast layers.
     pub(crate) fn is_simulcast(&self, mid: Mid) -> bool {
         self.layers.contains_key(&mid)
@@ -831,22 +888,26 @@ impl Participant {
             .map(|s| (s.track, s.preferred, s.current))
     }
 
-    /// Tells str0m's bandwidth estimator the rate sent now (`current`) and the rate wanted for
-    /// the preferred layers (`desired`), so it probes for the difference.
-    /// `current` is also what a falling estimate is compared with to detect congestion.
-    pub(crate) fn set_bitrate_targets(&mut self, current: u64, desired: u64) {
+    /// Tells str0m's bandwidth estimator the rate sent now (`current`, bit/s) and the rate the
+    /// preferred layers need (`desired`, bit/s); [`Downlink`] decides what to probe for.
+    pub(crate) fn set_bitrate_targets(&mut self, now: Instant, current: u64, desired: u64) {
         if self.failure.is_some() {
             return;
         }
-        self.sending_rate = current;
+        let targets = self.downlink.targets(now, current, desired);
         self.rtc
             .bwe()
-            .set_bitrate(Bitrate::bps(current), Bitrate::bps(desired.max(current)));
+            .set_bitrate(Bitrate::bps(targets.minimum), Bitrate::bps(targets.desired));
+    }
+
+    /// Whether its downlink estimate caps the layers it gets.
+    pub(crate) fn is_constrained(&self) -> bool {
+        self.downlink.is_constrained()
     }
 
     /// Latest downlink estimate, bit/s.
     pub(crate) fn egress_estimate(&self) -> Option<u64> {
-        self.egress_estimate
+        self.downlink.estimate()
     }
 
     /// Writes a frame received from another participant to this participant's m-line `mid`, mapping
@@ -1000,17 +1061,9 @@ impl Participant {
                 BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
             ) => {
                 let estimate = estimate.as_u64();
-                let previous = self.egress_estimate.replace(estimate);
-                // Congestion: the estimator lowered its estimate (delay growth or loss) below what
-                // the downlink carries. Falling while above the sent rate only tracks an underused link.
-                if previous.is_some_and(|p| (estimate as f64) < p as f64 * 0.95)
-                    && (estimate as f64) < self.sending_rate as f64 * 0.9
-                {
-                    if self.congested_until.is_none_or(|t| now >= t) {
-                        debug!(participant = %self.id, estimate, sending = self.sending_rate,
-                            "downlink congested");
-                    }
-                    self.congested_until = Some(now + CONGESTION_HOLD);
+                let was_constrained = self.downlink.is_constrained();
+                if self.downlink.on_estimate(now, estimate) && !was_constrained {
+                    debug!(participant = %self.id, estimate, "downlink congested");
                 }
             }
             Event::KeyframeRequest(request) => {

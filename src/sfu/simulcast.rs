@@ -44,6 +44,10 @@ struct LayerStats {
     window: VecDeque<(Instant, usize)>,
     first_seen: Instant,
     last_seen: Instant,
+    /// Paused at the publisher by the SFU (dynacast): still a candidate, with the bitrate it had.
+    paused: Option<u64>,
+    /// Bitrate it had before a pause, used until its first frame after the pause.
+    resuming: Option<u64>,
 }
 
 /// The layers of one publisher m-line.
@@ -68,6 +72,8 @@ impl TrackLayers {
                     window: VecDeque::new(),
                     first_seen: at,
                     last_seen: at,
+                    paused: None,
+                    resuming: None,
                 });
                 self.layers.len() - 1
             }
@@ -76,6 +82,9 @@ impl TrackLayers {
             return;
         };
         layer.last_seen = layer.last_seen.max(at);
+        // A paused layer stays paused here: its frames may still be in flight, or the publisher
+        // may not pause layers at all.
+        layer.resuming = None;
         layer.window.push_back((at, data.data.len()));
         prune(layer, at);
         if data.is_keyframe()
@@ -99,12 +108,14 @@ impl TrackLayers {
         let mut views: Vec<LayerView> = self
             .layers
             .iter()
-            .filter(|l| now.saturating_duration_since(l.last_seen) < LAYER_IDLE)
+            .filter(|l| {
+                l.paused.is_some() || now.saturating_duration_since(l.last_seen) < LAYER_IDLE
+            })
             .map(|l| LayerView {
                 rid: l.rid,
                 width: l.width,
                 height: l.height,
-                bitrate: bitrate(l, now),
+                bitrate: l.paused.or(l.resuming).unwrap_or_else(|| bitrate(l, now)),
             })
             .collect();
         if views.iter().all(|v| v.width > 0 && v.height > 0) {
@@ -113,6 +124,34 @@ impl TrackLayers {
             views.sort_by_key(|v| v.bitrate);
         }
         views
+    }
+}
+
+impl TrackLayers {
+    /// Marks layer `rid` paused at the publisher (dynacast): it stays a candidate of
+    /// [`TrackLayers::ranked`] with the bitrate measured now, until its frames come again.
+    pub(crate) fn pause(&mut self, rid: Rid, now: Instant) {
+        if let Some(l) = self.layers.iter_mut().find(|l| l.rid == rid) {
+            l.paused = Some(bitrate(l, now));
+        }
+    }
+
+    /// Ends the pause of layer `rid` (the publisher was asked to send it again): it counts as live
+    /// for [`LAYER_IDLE`] from `now`, and is dropped from the candidates if no frame comes by then.
+    pub(crate) fn resume(&mut self, rid: Rid, now: Instant) {
+        if let Some(l) = self.layers.iter_mut().find(|l| l.rid == rid)
+            && l.paused.is_some()
+        {
+            l.resuming = l.paused.take();
+            l.last_seen = l.last_seen.max(now);
+        }
+    }
+
+    /// Whether the SFU paused layer `rid`.
+    pub(crate) fn is_paused(&self, rid: Rid) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.rid == rid && l.paused.is_some())
     }
 }
 

@@ -156,6 +156,18 @@ pub enum SfuEvent {
         /// Whether it speaks now.
         speaking: bool,
     },
+    /// Dynacast: the simulcast layers of `participant`'s m-line `mid` that someone watches
+    /// changed. The publisher should send the listed rids and pause the others (in WebRTC:
+    /// `RTCRtpSender.setParameters` with `encodings[i].active`). The lowest layer is always listed.
+    /// Emitted when a layer went unwatched for 3 s, or is wanted again.
+    LayersWanted {
+        /// The publisher.
+        participant: ParticipantId,
+        /// Its sending m-line.
+        mid: String,
+        /// The rids (RFC 8851) to keep sending, lowest first.
+        rids: Vec<String>,
+    },
     /// `subscriber` negotiated no codec able to carry `publisher`'s `source` track, so that track
     /// is not sent to it. Emitted once per (subscriber, publisher track).
     CodecUnsupported {

@@ -107,6 +107,17 @@ test("subscribers get the simulcast layer of their size and switch at a keyframe
   const b1 = await camera(bob.browser.page, pub.id);
   assert.ok(b1.frameWidth <= 320, `Bob still gets the small layer: ${JSON.stringify(b1)}`);
 
+  // Dynacast: nobody watches the middle layer, so the publisher is asked to pause it (3 s unwatched).
+  const widths = layers.map((l) => l.frameWidth).sort((x, y) => x - y);
+  const middleRid = layers.find((l) => l.frameWidth === widths[1]).rid;
+  const paused = await pollUntil(() => outboundLayers(pub.browser.page), (l) => l.find((x) => x.rid === middleRid)?.active === false, {
+    timeoutMs: 8000,
+    intervalMs: 250,
+    what: `the unwatched middle layer (rid ${middleRid}) paused at the publisher`,
+  });
+  console.log("publisher layers after dynacast:", JSON.stringify(paused));
+  assert.ok(paused.filter((x) => x.active !== false).length === 2, `the two watched layers stay active: ${JSON.stringify(paused)}`);
+
   // Bob switches up.
   const pliBefore = (await outboundLayers(pub.browser.page)).reduce((n, l) => n + l.pliCount, 0);
   const switchAt = Date.now();
@@ -129,4 +140,19 @@ test("subscribers get the simulcast layer of their size and switch at a keyframe
   assert.ok(pliAfter - pliBefore <= 3, `at most 3 keyframe requests for the switch, got ${pliAfter - pliBefore}`);
   const a2 = await camera(alice.browser.page, pub.id);
   assert.ok(a2.frameWidth >= 640 && a2.framesDecoded > a.framesDecoded, `Alice unaffected: ${JSON.stringify(a2)}`);
+
+  // Both now want the middle size: the paused layer is resumed and both move to it.
+  const resumeAt = Date.now();
+  await Promise.all([alice, bob].map((p) => prefer(p.browser.page, pub.id, widths[1], Math.round((widths[1] * 9) / 16))));
+  for (const p of [alice, bob]) {
+    const c = await pollUntil(() => camera(p.browser.page, pub.id), (c) => c.frameWidth === widths[1], {
+      timeoutMs: SWITCH_WITHIN_MS + 2000,
+      intervalMs: 100,
+      what: `${p.name} on the resumed middle layer (${widths[1]} wide)`,
+    });
+    console.log(`${p.name} on the resumed middle layer ${Date.now() - resumeAt} ms after asking`);
+    assert.ok(c.framesDecoded > 0);
+  }
+  const resumed = await outboundLayers(pub.browser.page);
+  assert.notEqual(resumed.find((x) => x.rid === middleRid)?.active, false, `middle layer active again: ${JSON.stringify(resumed)}`);
 });

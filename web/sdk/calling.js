@@ -1643,6 +1643,9 @@ export class Call extends Emitter {
       case "offer":
         this._onServerOffer(msg);
         return;
+      case "layersWanted":
+        this._onLayersWanted(msg);
+        return;
       case "dominantSpeakersChanged": {
         const list = Array.isArray(msg.speakers) ? msg.speakers : [];
         this.dominantSpeakers = {
@@ -1654,6 +1657,35 @@ export class Call extends Emitter {
       }
       default:
         console.warn(`[switchboard] call ${this.id}: ignoring event ${JSON.stringify(msg.type)}`);
+    }
+  }
+
+  /**
+   * Dynacast: the server says which simulcast layers (rids) of our sending m-line `mid` someone watches; the others
+   * are paused (`encodings[i].active = false`), so the encoder and the uplink do not spend on them.
+   * @private
+   */
+  async _onLayersWanted(msg) {
+    const pc = this.peerConnection;
+    const rids = Array.isArray(msg.rids) ? msg.rids : [];
+    if (!pc || pc.signalingState === "closed" || typeof msg.mid !== "string" || rids.length === 0) return;
+    const transceiver = pc.getTransceivers().find((t) => t.mid === msg.mid);
+    if (!transceiver) return;
+    const params = transceiver.sender.getParameters();
+    if (!params.encodings || params.encodings.length < 2) return;
+    let changed = false;
+    for (const e of params.encodings) {
+      const active = !e.rid || rids.includes(e.rid);
+      if (e.active !== active) {
+        e.active = active;
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    try {
+      await transceiver.sender.setParameters(params);
+    } catch (e) {
+      console.warn(`[switchboard] call ${this.id}: pausing simulcast layers failed: ${e}`);
     }
   }
 

@@ -427,6 +427,14 @@ pub enum ServerMessage {
         call_id: String,
         speakers: Vec<String>,
     },
+    /// Dynacast: keep sending these simulcast layers (rids, lowest first) of the client's own
+    /// m-line `mid` and pause the others; nobody watches them.
+    #[serde(rename_all = "camelCase")]
+    LayersWanted {
+        call_id: String,
+        mid: String,
+        rids: Vec<String>,
+    },
     /// Someone calls this identity.
     #[serde(rename_all = "camelCase")]
     IncomingCall {
