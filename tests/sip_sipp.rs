@@ -85,6 +85,15 @@ async fn capture(rtp_min: u16, tag: &str) -> Capture {
     Capture { child, file }
 }
 
+impl Drop for Capture {
+    /// A failed assertion must not leave tcpdump running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
 impl Capture {
     /// Stops the capture; returns the number of RTP packets (from even ports) the gateway sent.
     async fn rtp_packets(mut self) -> usize {
