@@ -291,7 +291,7 @@ impl Ua {
     }
 
     async fn malformed(&self, data: &[u8], msg: Option<&Message>, peer: &Peer, why: &str) {
-        tracing::info!(peer = %peer.addr(), transport = peer.transport(), error = why, "malformed SIP message");
+        tracing::debug!(peer = %peer.addr(), transport = peer.transport(), error = why, "malformed SIP message");
         metrics::counter!("switchboard_sip_malformed_total").increment(1);
         // Never answer an ACK or a response (RFC 3261 §17.1.1.3, §18.1.2).
         let is_ack = msg.and_then(Message::method) == Some("ACK") || data.starts_with(b"ACK ");
@@ -402,7 +402,7 @@ impl Ua {
         let (trunk_idx, target, answer_after_ms) = match decision {
             Decision::Forbidden => {
                 // Nothing else happens: no 100, no call, no media port (issue 5, acceptance 4).
-                tracing::warn!(%source, call_id = %call_id, dialled = %dialled, "INVITE from an address no trunk allows: 403");
+                tracing::debug!(%source, call_id = %call_id, dialled = %dialled, "INVITE from an address no trunk allows: 403");
                 metrics::counter!("switchboard_sip_rejected_total", "reason" => "forbidden")
                     .increment(1);
                 self.reply(&peer, &base, (403, "Forbidden"), Some(&tag()), &[], b"")
