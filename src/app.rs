@@ -73,6 +73,8 @@ pub struct SipAddrs {
     pub udp: SocketAddr,
     /// TCP address.
     pub tcp: SocketAddr,
+    /// TLS address, when `sip.tls_port` is not 0.
+    pub tls: Option<SocketAddr>,
     /// RTP port pool (leases in use are observable).
     pub ports: Arc<crate::sip::media::PortPool>,
 }
@@ -338,10 +340,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut tasks = vec![http_task, https_task, media_task, media_events];
     let sip = if config.sip.enabled() {
         let router = config.sip.validate()?;
+        // `sip.tls_port = 0` disables TLS; with `sip.port = 0` (tests: any free port) TLS takes a free port too.
+        let tls = if config.sip.tls_port == 0 && config.sip.port != 0 {
+            None
+        } else {
+            let tls_port = if config.sip.port == 0 {
+                0
+            } else {
+                config.sip.tls_port
+            };
+            let server = crate::sip::tls_server_config(&cert.cert, &cert.key)
+                .map_err(|e| anyhow::anyhow!("SIP TLS certificate: {e}"))?;
+            Some((tls_port, server))
+        };
         let gw = crate::sip::start(
             crate::sip::SipSettings {
                 bind: config.sip.bind,
                 port: config.sip.port,
+                tls,
                 rtp_ports: (config.sip.rtp_port_min, config.sip.rtp_port_max),
                 advertise: config.public_ip,
                 router,
@@ -353,6 +369,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(SipAddrs {
             udp: gw.udp_addr,
             tcp: gw.tcp_addr,
+            tls: gw.tls_addr,
             ports: gw.ports,
         })
     } else {

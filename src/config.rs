@@ -47,6 +47,9 @@ pub struct Config {
 pub struct SipConfig {
     /// SIP port, UDP and TCP (5060).
     pub port: u16,
+    /// SIP over TLS port (5061), with the server's certificate (`tls_cert`/`tls_key` or the self-signed one);
+    /// 0 disables it.
+    pub tls_port: u16,
     /// Address the SIP and RTP sockets bind to (`0.0.0.0`).
     pub bind: IpAddr,
     /// First port of the RTP/RTCP range (20000); RTP on even ports, RTCP on the next odd one.
@@ -63,6 +66,7 @@ impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
             port: 5060,
+            tls_port: 5061,
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             rtp_port_min: 20000,
             rtp_port_max: 20999,
@@ -206,7 +210,7 @@ impl Config {
         let known = Config::keys();
         let mut env_toml = toml_table(env);
         // SWITCHBOARD_SIP_PORT, SWITCHBOARD_SIP_BIND, ... -> [sip] port, bind, ...
-        let sip_keys = ["port", "bind", "rtp_port_min", "rtp_port_max"];
+        let sip_keys = ["port", "tls_port", "bind", "rtp_port_min", "rtp_port_max"];
         let mut sip = toml::Table::new();
         for k in sip_keys {
             if let Some(v) = env_toml.remove(&format!("sip_{k}")) {

@@ -559,3 +559,80 @@ async fn bye_in_early_dialog_ends_the_invite_with_487() {
     assert_eq!(s.running.sip.as_ref().unwrap().ports.in_use(), 0);
     s.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn tls_transport_answers_options_and_calls() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let s = sip_server(45800).await;
+    let tls_addr = s.running.sip.as_ref().unwrap().tls.expect("TLS listener");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&s.running.cert_path).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(&options(local, "TLS", 1)).await.unwrap();
+    let sdp = offer(4012, true);
+    let invite = format!(
+        "INVITE sip:{ECHO}@{tls_addr};transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKtls1\r\nMax-Forwards: 70\r\nFrom: <sip:+15550999@{local}>;tag=t1\r\nTo: <sip:{ECHO}@{tls_addr}>\r\nCall-ID: tls-call-{local}\r\nCSeq: 1 INVITE\r\nContact: <sip:uac@{local};transport=tls>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    tls.write_all(invite.as_bytes()).await.unwrap();
+    let got = tls_collect(&mut tls, Duration::from_millis(1500)).await;
+    assert_eq!(
+        codes(&got),
+        [200, 100, 200],
+        "OPTIONS 200, then INVITE 100 and 200 over TLS"
+    );
+    assert!(
+        got[2].header("Contact").unwrap().contains("transport=tls"),
+        "{:?}",
+        got[2].header("Contact")
+    );
+    assert_eq!(
+        got[0].via_values()[0],
+        format!("SIP/2.0/TLS {local};branch=z9hG4bKopt1")
+    );
+    let tag = got[2].to_tag().unwrap();
+    let bye = format!(
+        "BYE sip:switchboard@{tls_addr};transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKtls2\r\nMax-Forwards: 70\r\nFrom: <sip:+15550999@{local}>;tag=t1\r\nTo: <sip:{ECHO}@{tls_addr}>;tag={tag}\r\nCall-ID: tls-call-{local}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    tls.write_all(bye.as_bytes()).await.unwrap();
+    let got = tls_collect(&mut tls, Duration::from_millis(1000)).await;
+    assert_eq!(codes(&got), [200]);
+    s.running.shutdown().await;
+}
+
+async fn tls_collect<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    wait: Duration,
+) -> Vec<Message> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 65535];
+    let end = tokio::time::Instant::now() + wait;
+    loop {
+        while let switchboard::proto::sip::message::Framing::Complete(n) =
+            switchboard::proto::sip::message::frame(&buf)
+        {
+            let m: Vec<u8> = buf.drain(..n).collect();
+            out.push(switchboard::proto::sip::message::parse(&m).unwrap());
+        }
+        match tokio::time::timeout_at(end, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    out
+}

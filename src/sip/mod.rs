@@ -46,6 +46,8 @@ pub struct SipSettings {
     pub bind: IpAddr,
     /// SIP port, UDP and TCP (0: any free port, for tests).
     pub port: u16,
+    /// SIP over TLS: the port (0: any free one) and the server configuration. `None` disables TLS.
+    pub tls: Option<(u16, Arc<tokio_rustls::rustls::ServerConfig>)>,
     /// RTP port range, inclusive.
     pub rtp_ports: (u16, u16),
     /// Address put into SDP and Contact when `bind` is a wildcard.
@@ -60,6 +62,8 @@ pub struct SipGateway {
     pub udp_addr: SocketAddr,
     /// Bound TCP address.
     pub tcp_addr: SocketAddr,
+    /// Bound TLS address, when TLS is on.
+    pub tls_addr: Option<SocketAddr>,
     /// The RTP port pool (tests check that nothing leaks).
     pub ports: Arc<PortPool>,
     /// Its tasks.
@@ -97,18 +101,64 @@ pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway
         udp.clone(),
         ports.clone(),
     );
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(transport::udp_loop(udp, tx.clone(), stop.clone())),
-        tokio::spawn(transport::tcp_loop(tcp, tx, stop.clone())),
-        tokio::spawn(ua.run(rx, stop)),
+        tokio::spawn(transport::tcp_loop(tcp, tx.clone(), stop.clone())),
     ];
-    tracing::info!(%udp_addr, %tcp_addr, rtp_ports = ?s.rtp_ports, "SIP gateway listening");
+    let mut tls_addr = None;
+    if let Some((port, config)) = s.tls {
+        let want = SocketAddr::new(s.bind, port);
+        let listener = TcpListener::bind(want)
+            .await
+            .map_err(|source| SipError::Bind {
+                transport: "TLS",
+                addr: want,
+                source,
+            })?;
+        tls_addr = Some(listener.local_addr().map_err(|source| SipError::Bind {
+            transport: "TLS",
+            addr: want,
+            source,
+        })?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tasks.push(tokio::spawn(transport::tls_loop(
+            listener,
+            acceptor,
+            tx,
+            stop.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(ua.run(rx, stop)));
+    tracing::info!(%udp_addr, %tcp_addr, ?tls_addr, rtp_ports = ?s.rtp_ports, "SIP gateway listening");
     Ok(SipGateway {
         udp_addr,
         tcp_addr,
+        tls_addr,
         ports,
         tasks,
     })
+}
+
+/// A rustls server configuration from PEM files (certificate chain, private key).
+///
+/// # Errors
+/// A message naming the file that cannot be read or used.
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
 }
 
 /// Resolves the address of every UDP trunk with keepalives on (once, at start; 2 s per name). A name that does

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,13 +24,15 @@ pub enum Peer {
     Udp(SocketAddr),
     /// A TCP connection: its address and its writer.
     Tcp(SocketAddr, mpsc::UnboundedSender<Vec<u8>>),
+    /// A TLS connection (RFC 3261 §26.3.1): its address and its writer.
+    Tls(SocketAddr, mpsc::UnboundedSender<Vec<u8>>),
 }
 
 impl Peer {
     /// The remote address.
     pub fn addr(&self) -> SocketAddr {
         match self {
-            Peer::Udp(a) | Peer::Tcp(a, _) => *a,
+            Peer::Udp(a) | Peer::Tcp(a, _) | Peer::Tls(a, _) => *a,
         }
     }
 
@@ -39,12 +41,13 @@ impl Peer {
         match self {
             Peer::Udp(_) => "UDP",
             Peer::Tcp(..) => "TCP",
+            Peer::Tls(..) => "TLS",
         }
     }
 
     /// Whether the transport is reliable (no retransmissions needed: RFC 3261 §17.2.1).
     pub fn reliable(&self) -> bool {
-        matches!(self, Peer::Tcp(..))
+        matches!(self, Peer::Tcp(..) | Peer::Tls(..))
     }
 
     /// Sends bytes to the peer.
@@ -55,9 +58,9 @@ impl Peer {
                     tracing::debug!(peer = %a, error = %e, "SIP UDP send failed");
                 }
             }
-            Peer::Tcp(a, tx) => {
+            Peer::Tcp(a, tx) | Peer::Tls(a, tx) => {
                 if tx.send(bytes.to_vec()).is_err() {
-                    tracing::debug!(peer = %a, "SIP TCP connection gone");
+                    tracing::debug!(peer = %a, "SIP stream connection gone");
                 }
             }
         }
@@ -111,7 +114,7 @@ pub async fn tcp_loop(
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, from)) => {
-                    tokio::spawn(tcp_connection(stream, from, to_ua.clone(), stop.clone()));
+                    tokio::spawn(stream_connection(stream, from, false, to_ua.clone(), stop.clone()));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "SIP TCP accept error");
@@ -122,13 +125,45 @@ pub async fn tcp_loop(
     }
 }
 
-async fn tcp_connection(
-    stream: TcpStream,
-    from: SocketAddr,
+/// Accepts TLS connections until cancelled (handshake within 10 s).
+pub async fn tls_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
     to_ua: mpsc::Sender<Received>,
     stop: CancellationToken,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, from)) => {
+                    let (acceptor, to_ua, stop) = (acceptor.clone(), to_ua.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => stream_connection(tls, from, true, to_ua, stop).await,
+                            _ => tracing::debug!(peer = %from, "SIP TLS handshake failed"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "SIP TLS accept error");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn stream_connection<S>(
+    stream: S,
+    from: SocketAddr,
+    tls: bool,
+    to_ua: mpsc::Sender<Received>,
+    stop: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
@@ -156,7 +191,11 @@ async fn tcp_connection(
                     if to_ua
                         .send(Received {
                             data,
-                            peer: Peer::Tcp(from, tx.clone()),
+                            peer: if tls {
+                                Peer::Tls(from, tx.clone())
+                            } else {
+                                Peer::Tcp(from, tx.clone())
+                            },
                         })
                         .await
                         .is_err()

@@ -332,10 +332,10 @@ impl Ua {
         } else {
             ip.to_string()
         };
-        let transport = if peer.reliable() {
-            ";transport=tcp"
-        } else {
-            ""
+        let transport = match peer {
+            Peer::Udp(_) => "",
+            Peer::Tcp(..) => ";transport=tcp",
+            Peer::Tls(..) => ";transport=tls",
         };
         format!(
             "<sip:switchboard@{host}:{}{transport}>",
