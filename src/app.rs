@@ -44,6 +44,8 @@ pub struct Running {
     pub cert_path: PathBuf,
     /// The identity service (tests sign unusual tokens with it).
     pub identity: IdentityService,
+    /// The SIP gateway's UDP and TCP addresses, when it runs.
+    pub sip: Option<SipAddrs>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     https: axum_server::Handle<SocketAddr>,
@@ -62,6 +64,19 @@ impl Running {
         }
         self.store.close().await;
     }
+}
+
+/// Where the SIP gateway listens, and its RTP port pool.
+#[derive(Clone)]
+pub struct SipAddrs {
+    /// UDP address.
+    pub udp: SocketAddr,
+    /// TCP address.
+    pub tcp: SocketAddr,
+    /// TLS address, when `sip.tls_port` is not 0.
+    pub tls: Option<SocketAddr>,
+    /// RTP port pool (leases in use are observable).
+    pub ports: Arc<crate::sip::media::PortPool>,
 }
 
 /// Installs the process-wide crypto providers (rustls, str0m) once; a second call is a no-op.
@@ -322,7 +337,46 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
 
-    tracing::info!(%http_addr, %https_addr, media = ?media_addrs, "switchboard listening");
+    let mut tasks = vec![http_task, https_task, media_task, media_events];
+    let sip = if config.sip.enabled() {
+        let router = config.sip.validate()?;
+        // `sip.tls_port = 0` disables TLS; with `sip.port = 0` (tests: any free port) TLS takes a free port too.
+        let tls = if config.sip.tls_port == 0 && config.sip.port != 0 {
+            None
+        } else {
+            let tls_port = if config.sip.port == 0 {
+                0
+            } else {
+                config.sip.tls_port
+            };
+            let server = crate::sip::tls_server_config(&cert.cert, &cert.key)
+                .map_err(|e| anyhow::anyhow!("SIP TLS certificate: {e}"))?;
+            Some((tls_port, server))
+        };
+        let gw = crate::sip::start(
+            crate::sip::SipSettings {
+                bind: config.sip.bind,
+                port: config.sip.port,
+                tls,
+                rtp_ports: (config.sip.rtp_port_min, config.sip.rtp_port_max),
+                advertise: config.public_ip,
+                router,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        tasks.extend(gw.tasks);
+        Some(SipAddrs {
+            udp: gw.udp_addr,
+            tcp: gw.tcp_addr,
+            tls: gw.tls_addr,
+            ports: gw.ports,
+        })
+    } else {
+        None
+    };
+
+    tracing::info!(%http_addr, %https_addr, media = ?media_addrs, sip = ?sip.as_ref().map(|s| s.udp), "switchboard listening");
     Ok(Running {
         http_addr,
         https_addr,
@@ -330,8 +384,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         connection_string,
         cert_path: cert.cert,
         identity,
+        sip,
         shutdown,
-        tasks: vec![http_task, https_task, media_task, media_events],
+        tasks,
         https,
         http,
         store,

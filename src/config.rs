@@ -2,7 +2,7 @@
 //! variables, then command-line flags. Every key is documented in `deploy/switchboard.sample.toml`.
 //! An invalid value is reported with its key; the binary exits with code 64 (EX_USAGE) before binding any port.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -37,6 +37,70 @@ pub struct Config {
     pub log: String,
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// SIP/PSTN gateway (`[sip]`, `[[sip.trunks]]`, `[[sip.numbers]]`).
+    pub sip: SipConfig,
+}
+
+/// `[sip]`: the SIP/PSTN gateway. It starts when at least one trunk or number is configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// SIP port, UDP and TCP (5060).
+    pub port: u16,
+    /// SIP over TLS port (5061), with the server's certificate (`tls_cert`/`tls_key` or the self-signed one);
+    /// 0 disables it.
+    pub tls_port: u16,
+    /// Address the SIP and RTP sockets bind to (`0.0.0.0`).
+    pub bind: IpAddr,
+    /// First port of the RTP/RTCP range (20000); RTP on even ports, RTCP on the next odd one.
+    pub rtp_port_min: u16,
+    /// Last port of the RTP/RTCP range (20999).
+    pub rtp_port_max: u16,
+    /// Trunks: carriers, PBXs, SBCs.
+    pub trunks: Vec<crate::proto::sip::route::TrunkConfig>,
+    /// Owned numbers and their routes.
+    pub numbers: Vec<crate::proto::sip::route::NumberConfig>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            port: 5060,
+            tls_port: 5061,
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            rtp_port_min: 20000,
+            rtp_port_max: 20999,
+            trunks: Vec::new(),
+            numbers: Vec::new(),
+        }
+    }
+}
+
+impl SipConfig {
+    /// Whether the gateway runs: something to route.
+    pub fn enabled(&self) -> bool {
+        !self.trunks.is_empty() || !self.numbers.is_empty()
+    }
+
+    /// Checks the section; trunks and numbers through [`crate::proto::sip::route::Router::new`].
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key (`sip.trunks[0].allow[1]`).
+    pub fn validate(&self) -> Result<crate::proto::sip::route::Router, ConfigError> {
+        if self.rtp_port_min < 1024 || self.rtp_port_min >= self.rtp_port_max {
+            return Err(ConfigError(format!(
+                "key `sip.rtp_port_min`: must be 1024..sip.rtp_port_max, got {}..{}",
+                self.rtp_port_min, self.rtp_port_max
+            )));
+        }
+        if self.rtp_port_max - self.rtp_port_min < 1 {
+            return Err(ConfigError(
+                "key `sip.rtp_port_max`: the range holds no port pair".into(),
+            ));
+        }
+        crate::proto::sip::route::Router::new(&self.trunks, &self.numbers)
+            .map_err(|e| ConfigError(e.to_string()))
+    }
 }
 
 impl Default for Config {
@@ -54,6 +118,7 @@ impl Default for Config {
             demo: false,
             log: "info".into(),
             log_format: "text".into(),
+            sip: SipConfig::default(),
         }
     }
 }
@@ -102,6 +167,17 @@ pub struct Overrides {
     /// `--log-format`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    /// `--sip-port` (key `sip.port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sip: Option<SipOverrides>,
+}
+
+/// Flags under `[sip]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SipOverrides {
+    /// `--sip-port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 impl Config {
@@ -133,7 +209,18 @@ impl Config {
         // Other programs' SWITCHBOARD_* variables (SWITCHBOARD_CONFIG, test tooling) are not config keys.
         let known = Config::keys();
         let mut env_toml = toml_table(env);
-        env_toml.retain(|k, _| known.iter().any(|n| n == k));
+        // SWITCHBOARD_SIP_PORT, SWITCHBOARD_SIP_BIND, ... -> [sip] port, bind, ...
+        let sip_keys = ["port", "tls_port", "bind", "rtp_port_min", "rtp_port_max"];
+        let mut sip = toml::Table::new();
+        for k in sip_keys {
+            if let Some(v) = env_toml.remove(&format!("sip_{k}")) {
+                sip.insert(k.to_string(), v);
+            }
+        }
+        env_toml.retain(|k, _| k != "sip" && known.iter().any(|n| n == k));
+        if !sip.is_empty() {
+            env_toml.insert("sip".into(), toml::Value::Table(sip));
+        }
         fig = fig.merge(Toml::string(&env_toml.to_string()));
         fig = fig.merge(Serialized::defaults(flags));
         let config: Config = fig.extract().map_err(|e| ConfigError(describe(&e)))?;
@@ -177,6 +264,7 @@ impl Config {
                 self.log_format
             )));
         }
+        self.sip.validate()?;
         if let Some(h) = &self.public_host
             && (h.is_empty() || h.contains('/') || h.contains(' '))
         {
@@ -227,7 +315,7 @@ fn describe(e: &figment::Error) -> String {
         let source = match err.metadata.as_ref().map(|m| m.name.to_string()) {
             Some(n) if n == "TOML source string" => format!(
                 "environment variable SWITCHBOARD_{}",
-                key.to_ascii_uppercase()
+                key.replace('.', "_").to_ascii_uppercase()
             ),
             Some(n) => n,
             None => String::new(),
@@ -298,6 +386,104 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("public_ip"), "{err}");
+    }
+
+    #[test]
+    fn sip_section_from_file_env_and_flags() {
+        let dir = std::env::temp_dir().join(format!("sbcfg-sip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s.toml");
+        std::fs::write(
+            &f,
+            r#"
+[sip]
+port = 5070
+[[sip.trunks]]
+name = "carrier"
+address = "192.0.2.10:5060"
+allow = ["192.0.2.0/24", "127.0.0.1"]
+codecs = ["PCMA", "PCMU"]
+prefixes = ["+1"]
+[[sip.numbers]]
+number = "+15550100"
+echo = true
+"#,
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &[], &Overrides::default()).unwrap();
+        assert_eq!(c.sip.port, 5070);
+        assert!(c.sip.enabled());
+        assert_eq!(
+            c.sip.trunks[0].codecs[0],
+            crate::proto::sip::sdp::G711::Pcma
+        );
+        let c = Config::load(
+            Some(&f),
+            &env(&[("SWITCHBOARD_SIP_PORT", "5080")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.sip.port, c.sip.trunks.len()),
+            (5080, 1),
+            "env keeps the file's trunks"
+        );
+        let flags = Overrides {
+            sip: Some(SipOverrides { port: Some(5090) }),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(Some(&f), &env(&[("SWITCHBOARD_SIP_PORT", "5080")]), &flags)
+                .unwrap()
+                .sip
+                .port,
+            5090
+        );
+        assert!(!Config::default().sip.enabled());
+    }
+
+    #[test]
+    fn invalid_sip_config_names_the_key() {
+        let dir = std::env::temp_dir().join(format!("sbcfg-sipbad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s.toml");
+        for (toml, key) in [
+            (
+                "[[sip.trunks]]\nname = \"t\"\naddress = \"x\"\nallow = [\"300.1.1.1\"]\n",
+                "sip.trunks[0].allow[0]",
+            ),
+            (
+                "[[sip.numbers]]\nnumber = \"5550100\"\necho = true\n",
+                "sip.numbers[0].number",
+            ),
+            (
+                "[[sip.numbers]]\nnumber = \"+15550100\"\n",
+                "sip.numbers[0].user",
+            ),
+            (
+                "[[sip.trunks]]\nname = \"t\"\naddress = \"x\"\ncodecs = [\"G729\"]\n",
+                "sip.trunks",
+            ),
+            (
+                "[[sip.trunks]]\nname = \"t\"\naddress = \"x\"\ncolour = 1\n",
+                "colour",
+            ),
+            (
+                "[sip]\nrtp_port_min = 30000\nrtp_port_max = 20000\n",
+                "sip.rtp_port_min",
+            ),
+        ] {
+            std::fs::write(&f, toml).unwrap();
+            let err = Config::load(Some(&f), &[], &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn sample_config_is_the_defaults() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/switchboard.sample.toml");
+        let c = Config::load(Some(&f), &[], &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
     }
 
     #[test]

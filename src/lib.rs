@@ -4,9 +4,10 @@
 //! through an SFU built on str0m, and a browser SDK with a calling page.
 //!
 //! # Layout
-//! - [`proto`]: sans-IO protocol cores (signaling messages, tokens). No tokio, no sockets, no clock reads.
+//! - [`proto`]: sans-IO protocol cores (signaling messages, tokens, SIP/SDP/RTP/DTMF). No tokio, no sockets, no clock reads.
 //! - `sfu`: sans-IO media core on str0m (rooms, participants, forwarding).
 //! - `media`: IO shell: UDP sockets driving the SFU core, commanded by channel.
+//! - `sip`: IO shell of the SIP/PSTN gateway: SIP over UDP/TCP, the user agent, RTP sessions (cores in `proto::sip`).
 //! - `service`: domain logic without HTTP types: store, identities, deployment keys, call control.
 //! - `http`: axum only: router, HMAC auth, REST handlers, WebSocket sessions, static web files.
 //! - `config`, `tls`, `app`: configuration, certificates, and the composition root.
@@ -26,5 +27,7 @@ pub mod media;
 pub mod service;
 #[cfg(feature = "server")]
 pub mod sfu;
+#[cfg(feature = "server")]
+pub mod sip;
 #[cfg(feature = "server")]
 pub mod tls;

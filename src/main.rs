@@ -75,6 +75,9 @@ struct ServeArgs {
     /// Log format: text or json. [default: text]
     #[arg(long)]
     log_format: Option<String>,
+    /// SIP port, UDP and TCP (the gateway runs when [[sip.trunks]] or [[sip.numbers]] are configured). [default: 5060]
+    #[arg(long)]
+    sip_port: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,6 +140,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         demo: args.demo.then_some(true),
         log: args.log,
         log_format: args.log_format,
+        sip: args
+            .sip_port
+            .map(|p| switchboard::config::SipOverrides { port: Some(p) }),
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = match Config::load(args.config.as_deref(), &env, &flags) {

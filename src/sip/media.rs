@@ -1,0 +1,442 @@
+//! RTP/RTCP for one SIP call: a port pair from the configured range, the echo line (what is heard goes back,
+//! re-stamped with our own SSRC, sequence numbers and timestamps), DTMF detection (RFC 4733, or in-band Goertzel
+//! when no telephone-event was negotiated), symmetric RTP latching and RTCP SR/RR every 5 s (RFC 3550 §6.2).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::proto::sip::dtmf::{Rfc4733Decoder, ToneEvent};
+use crate::proto::sip::goertzel::ToneDetector;
+use crate::proto::sip::jitter::JitterBuffer;
+use crate::proto::sip::rtcp::{self, ReceiverStats, SenderInfo};
+use crate::proto::sip::sdp::{G711, Negotiated};
+use crate::proto::sip::{g711, rtp};
+
+/// RTCP report interval (RFC 3550 §6.2 minimum of 5 s).
+pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the jitter buffer waits for a missing packet.
+pub const JITTER_DEPTH: Duration = Duration::from_millis(40);
+
+/// Media errors.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// Every even port of the range is taken (or cannot be bound).
+    #[error("no free RTP port pair in {0}-{1}")]
+    NoPorts(u16, u16),
+}
+
+/// The RTP port range: even RTP ports, RTCP on the next odd one (RFC 3550 §11).
+#[derive(Debug)]
+pub struct PortPool {
+    min: u16,
+    max: u16,
+    in_use: Mutex<BTreeSet<u16>>,
+    cursor: Mutex<u16>,
+}
+
+/// A port pair taken from the pool; given back on drop.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<PortPool>,
+    port: u16,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.pool.in_use.lock() {
+            s.remove(&self.port);
+            metrics::gauge!("switchboard_sip_rtp_ports_in_use").set(s.len() as f64);
+        }
+    }
+}
+
+impl PortPool {
+    /// A pool over `min..=max`.
+    pub fn new(min: u16, max: u16) -> Arc<PortPool> {
+        let first = min + (min % 2);
+        Arc::new(PortPool {
+            min: first,
+            max,
+            in_use: Mutex::new(BTreeSet::new()),
+            cursor: Mutex::new(first),
+        })
+    }
+
+    /// Port pairs currently leased.
+    pub fn in_use(&self) -> usize {
+        self.in_use.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Binds an RTP/RTCP socket pair on `ip` from the range.
+    ///
+    /// # Errors
+    /// [`MediaError::NoPorts`] when no pair could be bound.
+    pub fn allocate(
+        self: &Arc<Self>,
+        ip: IpAddr,
+    ) -> Result<(std::net::UdpSocket, std::net::UdpSocket, Lease), MediaError> {
+        let pairs = usize::from(self.max.saturating_sub(self.min) / 2) + 1;
+        for _ in 0..pairs {
+            let port = {
+                let Ok(mut c) = self.cursor.lock() else { break };
+                let p = *c;
+                *c = if p.saturating_add(2) > self.max.saturating_sub(1) {
+                    self.min
+                } else {
+                    p + 2
+                };
+                p
+            };
+            if port.checked_add(1).is_none_or(|p| p > self.max) {
+                continue;
+            }
+            {
+                let Ok(mut s) = self.in_use.lock() else { break };
+                if !s.insert(port) {
+                    continue;
+                }
+            }
+            let lease = Lease {
+                pool: self.clone(),
+                port,
+            };
+            let bound = std::net::UdpSocket::bind((ip, port))
+                .and_then(|a| Ok((a, std::net::UdpSocket::bind((ip, port + 1))?)));
+            match bound {
+                Ok((a, b)) => {
+                    metrics::gauge!("switchboard_sip_rtp_ports_in_use").set(self.in_use() as f64);
+                    return Ok((a, b, lease));
+                }
+                Err(_) => continue, // taken by another process: the lease's drop frees our mark
+            }
+        }
+        Err(MediaError::NoPorts(self.min, self.max))
+    }
+}
+
+/// What the call's signalling tells its media task.
+#[derive(Debug, Clone)]
+pub struct MediaParams {
+    /// The negotiated stream.
+    pub neg: Negotiated,
+    /// Whether we send (false on hold: our answer was `recvonly`/`inactive`).
+    pub send: bool,
+    /// The signalling peer's address (symmetric RTP latches only on packets from it or the SDP address).
+    pub signalling_ip: IpAddr,
+}
+
+/// Where a DTMF digit came from (the `source` label of `switchboard_sip_dtmf_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfSource {
+    /// RFC 4733 telephone-event packets.
+    Rfc4733,
+    /// SIP INFO.
+    Info,
+    /// In-band tones (Goertzel).
+    Inband,
+}
+
+impl DtmfSource {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DtmfSource::Rfc4733 => "rfc4733",
+            DtmfSource::Info => "info",
+            DtmfSource::Inband => "inband",
+        }
+    }
+}
+
+/// Records a detected DTMF event: the metric and a tracing event.
+pub fn report_dtmf(call_id: &str, event: ToneEvent, source: DtmfSource, duration_ms: Option<u32>) {
+    match event {
+        ToneEvent::Digit(d) => {
+            metrics::counter!("switchboard_sip_dtmf_total", "source" => source.as_str())
+                .increment(1);
+            tracing::info!(call_id, digit = %d, source = source.as_str(), duration_ms, "DTMF digit");
+        }
+        ToneEvent::Flash => {
+            tracing::info!(
+                call_id,
+                source = source.as_str(),
+                "hook flash (event 16), not a digit"
+            );
+        }
+    }
+}
+
+/// A running media session; dropping it stops the task and frees the ports.
+#[derive(Debug)]
+pub struct MediaSession {
+    /// Our RTP port (RTCP is the next one).
+    pub port: u16,
+    tx: mpsc::UnboundedSender<MediaParams>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MediaSession {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MediaSession {
+    /// Applies new parameters (re-INVITE: hold, resume, new address).
+    pub fn update(&self, p: MediaParams) {
+        let _ = self.tx.send(p);
+    }
+
+    /// Starts the echo session on an allocated socket pair.
+    ///
+    /// # Errors
+    /// Socket registration with tokio failing.
+    pub fn start_echo(
+        call_id: String,
+        sockets: (std::net::UdpSocket, std::net::UdpSocket, Lease),
+        params: MediaParams,
+    ) -> std::io::Result<MediaSession> {
+        let (rtp_std, rtcp_std, lease) = sockets;
+        let port = rtp_std.local_addr()?.port();
+        rtp_std.set_nonblocking(true)?;
+        rtcp_std.set_nonblocking(true)?;
+        let rtp = UdpSocket::from_std(rtp_std)?;
+        let rtcp = UdpSocket::from_std(rtcp_std)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let _lease = lease;
+            Echo::new(call_id, params).run(rtp, rtcp, rx).await;
+        });
+        Ok(MediaSession { port, tx, task })
+    }
+}
+
+struct Queued {
+    pt: u8,
+    timestamp: u32,
+    ssrc: u32,
+    payload: Vec<u8>,
+}
+
+struct Echo {
+    call_id: String,
+    p: MediaParams,
+    rtp_to: SocketAddr,
+    rtcp_to: SocketAddr,
+    latched: bool,
+    rtcp_latched: bool,
+    ssrc: u32,
+    out_seq: u16,
+    restamp: rtp::Restamper,
+    last_out_ts: u32,
+    last_send: Option<Instant>,
+    sent_packets: u32,
+    sent_octets: u32,
+    received: u64,
+    stats: ReceiverStats,
+    jitter: JitterBuffer<Queued>,
+    rfc4733: Rfc4733Decoder,
+    inband: ToneDetector,
+    started: Instant,
+}
+
+fn ntp_now() -> u64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() + 2_208_988_800;
+    (secs << 32) | ((u64::from(d.subsec_nanos()) << 32) / 1_000_000_000)
+}
+
+impl Echo {
+    fn new(call_id: String, p: MediaParams) -> Echo {
+        let ssrc = rand::random::<u32>();
+        Echo {
+            call_id,
+            rtp_to: p.neg.remote_rtp,
+            rtcp_to: p.neg.remote_rtcp,
+            p,
+            latched: false,
+            rtcp_latched: false,
+            ssrc,
+            out_seq: rand::random::<u16>() & 0x7fff,
+            restamp: rtp::Restamper::new(rand::random::<u32>(), 160),
+            last_out_ts: 0,
+            last_send: None,
+            sent_packets: 0,
+            sent_octets: 0,
+            received: 0,
+            stats: ReceiverStats::default(),
+            jitter: JitterBuffer::new(JITTER_DEPTH),
+            rfc4733: Rfc4733Decoder::default(),
+            inband: ToneDetector::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now_16(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.started).as_micros() as u64 * 65536) / 1_000_000
+    }
+
+    fn apply(&mut self, p: MediaParams) {
+        if p.neg.remote_rtp != self.p.neg.remote_rtp {
+            self.rtp_to = p.neg.remote_rtp;
+            self.rtcp_to = p.neg.remote_rtcp;
+            self.latched = false;
+            self.rtcp_latched = false;
+        }
+        tracing::info!(call_id = %self.call_id, send = p.send, direction = p.neg.answered.as_str(), "media updated");
+        self.p = p;
+    }
+
+    fn may_latch(&self, from: SocketAddr) -> bool {
+        from.ip() == self.p.signalling_ip || from.ip() == self.p.neg.remote_rtp.ip()
+    }
+
+    async fn on_rtp(&mut self, rtp_sock: &UdpSocket, buf: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(pkt) = rtp::parse(buf) else { return };
+        if !self.latched && self.may_latch(from) {
+            if from != self.rtp_to {
+                tracing::info!(call_id = %self.call_id, signalled = %self.rtp_to, latched = %from, "symmetric RTP: latched");
+            }
+            self.rtp_to = from;
+            self.latched = true;
+        }
+        self.received += 1;
+        metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "received")
+            .increment(1);
+        let arrival =
+            (now.saturating_duration_since(self.started).as_micros() as u64 * 8 / 1000) as u32;
+        self.stats.on_rtp(pkt.ssrc, pkt.seq, pkt.timestamp, arrival);
+        let te = self.p.neg.telephone_event.as_ref().map(|t| t.0);
+        if Some(pkt.pt) == te {
+            for d in self.rfc4733.handle_packet(now, pkt.timestamp, pkt.payload) {
+                report_dtmf(
+                    &self.call_id,
+                    d.event,
+                    DtmfSource::Rfc4733,
+                    Some(d.duration / 8),
+                );
+            }
+        } else if pkt.pt == self.p.neg.pt && te.is_none() {
+            let samples: Vec<i16> = match self.p.neg.codec {
+                G711::Pcmu => pkt.payload.iter().map(|b| g711::ulaw_decode(*b)).collect(),
+                G711::Pcma => pkt.payload.iter().map(|b| g711::alaw_decode(*b)).collect(),
+            };
+            for d in self.inband.push(&samples) {
+                report_dtmf(&self.call_id, ToneEvent::Digit(d), DtmfSource::Inband, None);
+            }
+        }
+        if Some(pkt.pt) != te && pkt.pt != self.p.neg.pt {
+            return; // neither negotiated payload type: not echoed
+        }
+        let q = Queued {
+            pt: pkt.pt,
+            timestamp: pkt.timestamp,
+            ssrc: pkt.ssrc,
+            payload: pkt.payload.to_vec(),
+        };
+        self.jitter.push(now, pkt.seq, q);
+        self.drain(rtp_sock, now).await;
+    }
+
+    async fn drain(&mut self, rtp_sock: &UdpSocket, now: Instant) {
+        while let Some((_, q)) = self.jitter.pop(now) {
+            let (ts, marker) = self.restamp.map(q.ssrc, q.timestamp);
+            if !self.p.send {
+                continue;
+            }
+            self.out_seq = self.out_seq.wrapping_add(1);
+            let out = rtp::write(marker, q.pt, self.out_seq, ts, self.ssrc, &q.payload);
+            if rtp_sock.send_to(&out, self.rtp_to).await.is_ok() {
+                self.sent_packets = self.sent_packets.wrapping_add(1);
+                self.sent_octets = self.sent_octets.wrapping_add(q.payload.len() as u32);
+                self.last_out_ts = ts;
+                self.last_send = Some(now);
+                metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "sent")
+                    .increment(1);
+            }
+        }
+    }
+
+    async fn send_rtcp(&mut self, rtcp_sock: &UdpSocket, now: Instant) {
+        let sender = self.last_send.map(|at| SenderInfo {
+            ntp: ntp_now(),
+            rtp_ts: self.last_out_ts.wrapping_add(
+                (now.saturating_duration_since(at).as_millis() as u32).wrapping_mul(8),
+            ),
+            packets: self.sent_packets,
+            octets: self.sent_octets,
+        });
+        let now_16 = self.now_16(now);
+        let stats = (self.received > 0).then_some(&mut self.stats);
+        let pkt = rtcp::compound(self.ssrc, sender, stats, now_16, "switchboard");
+        if rtcp_sock.send_to(&pkt, self.rtcp_to).await.is_ok() {
+            metrics::counter!("switchboard_sip_rtcp_packets_total", "direction" => "sent")
+                .increment(1);
+        }
+    }
+
+    async fn run(
+        mut self,
+        rtp_sock: UdpSocket,
+        rtcp_sock: UdpSocket,
+        mut rx: mpsc::UnboundedReceiver<MediaParams>,
+    ) {
+        let mut buf = vec![0u8; 2048];
+        let mut cbuf = vec![0u8; 2048];
+        // The first report goes out after half the interval (RFC 3550 §6.2).
+        let mut next_rtcp = Instant::now() + RTCP_INTERVAL / 2;
+        loop {
+            let mut wake = next_rtcp;
+            for t in [self.jitter.poll_timeout(), self.rfc4733.poll_timeout()]
+                .into_iter()
+                .flatten()
+            {
+                wake = wake.min(t);
+            }
+            tokio::select! {
+                r = rtp_sock.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    let now = Instant::now();
+                    let data = buf[..n].to_vec();
+                    self.on_rtp(&rtp_sock, &data, from, now).await;
+                }
+                r = rtcp_sock.recv_from(&mut cbuf) => {
+                    let Ok((n, from)) = r else { continue };
+                    metrics::counter!("switchboard_sip_rtcp_packets_total", "direction" => "received").increment(1);
+                    if !self.rtcp_latched && self.may_latch(from) {
+                        self.rtcp_to = from;
+                        self.rtcp_latched = true;
+                    }
+                    let now_16 = self.now_16(Instant::now());
+                    for (ssrc, ntp) in rtcp::sender_reports(&cbuf[..n]) {
+                        if ssrc == self.stats.ssrc {
+                            self.stats.on_sr(ntp, now_16);
+                        }
+                    }
+                }
+                p = rx.recv() => match p {
+                    Some(p) => self.apply(p),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if let Some(d) = self.rfc4733.handle_timeout(now) {
+                        report_dtmf(&self.call_id, d.event, DtmfSource::Rfc4733, Some(d.duration / 8));
+                    }
+                    self.drain(&rtp_sock, now).await;
+                    if now >= next_rtcp {
+                        self.send_rtcp(&rtcp_sock, now).await;
+                        next_rtcp = now + RTCP_INTERVAL;
+                    }
+                }
+            }
+        }
+        tracing::debug!(call_id = %self.call_id, received = self.received, sent = self.sent_packets, "media session ended");
+    }
+}

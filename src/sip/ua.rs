@@ -1,0 +1,999 @@
+//! The gateway's user agent server: one task that owns every dialog. It checks each message (our strict
+//! checks first, then rsipstack's parser for the typed Request-URI), applies the trunk ACL and number routes, and
+//! runs the server side of RFC 3261 transactions: 100 Trying, 180/200 for INVITE with the 2xx (or 487)
+//! retransmitted on UDP until ACK (§13.3.1.4, §17.2.1, timers G/H), final responses of non-INVITE requests
+//! replayed for retransmissions (§17.2.2, timer J), CANCEL (§9.2, including the CANCEL/200 race), BYE, re-INVITE
+//! hold/resume (RFC 3264 §8.4), INFO DTMF (RFC 6086 with `application/dtmf-relay`), OPTIONS (§11.2),
+//! 481 for unknown dialogs, 501 for methods we do not implement, 400 for malformed requests.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::media::{DtmfSource, MediaParams, MediaSession, PortPool, report_dtmf};
+use super::transport::{Peer, Received};
+use crate::proto::sip::dtmf;
+use crate::proto::sip::keepalive::{Health, KeepAlive};
+use crate::proto::sip::message::{self, Message, ReplyBase, StartLine};
+use crate::proto::sip::route::{Decision, RouteTarget, Router};
+use crate::proto::sip::sdp::{self, Negotiated, SessionDescription};
+
+/// RFC 3261 T1: RTT estimate, first retransmission interval.
+pub const T1: Duration = Duration::from_millis(500);
+/// RFC 3261 T2: longest retransmission interval.
+pub const T2: Duration = Duration::from_secs(4);
+/// Methods this UA implements (the `Allow` header).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
+
+/// Settings of the UA.
+#[derive(Debug, Clone)]
+pub struct UaSettings {
+    /// Trunks and numbers.
+    pub router: Router,
+    /// Address media sockets bind to.
+    pub media_bind: IpAddr,
+    /// Address put in SDP `c=` and Contact when `media_bind` is a wildcard (public IP of a 1:1 NAT).
+    pub advertise: Option<IpAddr>,
+    /// SIP port (for Contact).
+    pub sip_port: u16,
+    /// Trunks probed with OPTIONS: name, resolved address, interval.
+    pub keepalive: Vec<(String, std::net::SocketAddr, Duration)>,
+}
+
+struct Probe {
+    trunk: String,
+    addr: std::net::SocketAddr,
+    state: KeepAlive,
+}
+
+#[derive(Debug)]
+struct Retransmit {
+    bytes: Vec<u8>,
+    next: Instant,
+    interval: Duration,
+    deadline: Instant,
+}
+
+impl Retransmit {
+    fn new(bytes: Vec<u8>, now: Instant) -> Retransmit {
+        Retransmit {
+            bytes,
+            next: now + T1,
+            interval: T1,
+            deadline: now + 64 * T1,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// 180 sent; answering at the instant.
+    Ringing(Instant),
+    /// 200 sent (maybe not yet ACKed).
+    Answered,
+    /// Final non-2xx sent (487 after CANCEL); waiting for its ACK only.
+    Ended,
+}
+
+struct Call {
+    local_tag: String,
+    peer: Peer,
+    /// Response base of the INVITE that is being processed (initial or re-INVITE).
+    base: ReplyBase,
+    invite_cseq: u32,
+    /// Highest CSeq seen from the peer in this dialog.
+    remote_cseq: u32,
+    state: State,
+    /// The last response to the current INVITE, for retransmitted INVITEs.
+    last_invite_response: Vec<u8>,
+    /// 2xx or 487 being retransmitted until ACK (UDP only).
+    retransmit: Option<Retransmit>,
+    offer: SessionDescription,
+    neg: Negotiated,
+    media: Option<MediaSession>,
+    session_id: u64,
+    sdp_version: u64,
+    trunk: String,
+}
+
+/// The UA: every dialog of the gateway.
+pub struct Ua {
+    settings: UaSettings,
+    udp: Arc<UdpSocket>,
+    ports: Arc<PortPool>,
+    calls: HashMap<String, Call>,
+    /// Final responses of non-INVITE transactions, replayed for retransmissions: (Call-ID, CSeq, method).
+    finals: HashMap<(String, u32, String), (Vec<u8>, Instant)>,
+    probes: Vec<Probe>,
+}
+
+fn tag() -> String {
+    format!("sb{:016x}", rand::random::<u64>())
+}
+
+fn class(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "6xx",
+    }
+}
+
+impl Ua {
+    /// A UA answering on `udp` (TCP replies go through each connection's writer).
+    pub fn new(settings: UaSettings, udp: Arc<UdpSocket>, ports: Arc<PortPool>) -> Ua {
+        let now = Instant::now();
+        let probes = settings
+            .keepalive
+            .iter()
+            .enumerate()
+            .map(|(i, (trunk, addr, every))| Probe {
+                trunk: trunk.clone(),
+                addr: *addr,
+                state: KeepAlive::new(
+                    now,
+                    *every,
+                    format!("sbka{i}x{:08x}", rand::random::<u32>()),
+                ),
+            })
+            .collect();
+        Ua {
+            probes,
+            settings,
+            udp,
+            ports,
+            calls: HashMap::new(),
+            finals: HashMap::new(),
+        }
+    }
+
+    /// Runs until cancelled: messages from the transports, timers every 50 ms.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Received>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                m = rx.recv() => match m {
+                    Some(r) => self.handle(r.data, r.peer).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.handle_timers(Instant::now()).await,
+            }
+        }
+        self.calls.clear();
+    }
+
+    async fn send(&self, peer: &Peer, bytes: &[u8]) {
+        peer.send(&self.udp, bytes).await;
+    }
+
+    async fn reply(
+        &self,
+        peer: &Peer,
+        base: &ReplyBase,
+        (code, reason): (u16, &str),
+        to_tag: Option<&str>,
+        extra: &[(&str, String)],
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut headers: Vec<(&str, String)> = vec![("Server", USER_AGENT.to_string())];
+        headers.extend(extra.iter().cloned());
+        let bytes = base.response(code, reason, to_tag, &headers, body);
+        metrics::counter!("switchboard_sip_responses_total", "class" => class(code)).increment(1);
+        tracing::debug!(peer = %peer.addr(), code, call_id = %base.call_id, "SIP response");
+        self.send(peer, &bytes).await;
+        bytes
+    }
+
+    /// Handles one received message; never panics on its content.
+    pub async fn handle(&mut self, data: Vec<u8>, peer: Peer) {
+        let msg = match message::parse(&data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.malformed(&data, None, &peer, &e.to_string()).await;
+                return;
+            }
+        };
+        let (method, request_uri) = match &msg.start {
+            StartLine::Response { code, .. } => {
+                // The only client transactions are keepalive probes; other responses are dropped (§18.1.2).
+                let call_id = msg.call_id().unwrap_or("");
+                if let Some(p) = self.probes.iter_mut().find(|p| p.state.owns(call_id)) {
+                    if p.state.handle_response(call_id) == Some(Health::Up) {
+                        tracing::info!(trunk = %p.trunk, addr = %p.addr, code, "trunk up (answers OPTIONS)");
+                        metrics::gauge!("switchboard_sip_trunk_up", "trunk" => p.trunk.clone())
+                            .set(1.0);
+                    }
+                    return;
+                }
+                tracing::debug!(peer = %peer.addr(), code, "SIP response without client transaction: dropped");
+                return;
+            }
+            StartLine::Request { method, uri } => (method.clone(), uri.clone()),
+        };
+        metrics::counter!("switchboard_sip_requests_total", "method" => metric_method(&method))
+            .increment(1);
+        if let Err(e) = msg.validate_request() {
+            self.malformed(&data, Some(&msg), &peer, &e.to_string())
+                .await;
+            return;
+        }
+        if !ALLOW.split(", ").any(|m| m == method) {
+            if method != "ACK" {
+                let base = ReplyBase::of(&msg);
+                self.reply(
+                    &peer,
+                    &base,
+                    (501, "Not Implemented"),
+                    Some(&tag()),
+                    &[("Allow", ALLOW.into())],
+                    b"",
+                )
+                .await;
+            }
+            return;
+        }
+        // The stack underneath types the Request-URI. It keeps %-escapes in the user part, so compare after
+        // unescaping (RFC 3261 §19.1.4, case C003).
+        let dialled = match rsipstack::sip::SipMessage::try_from(data.as_slice()) {
+            // A `tel:` URI has no user part for rsipstack (the number is its host): read it ourselves.
+            Ok(rsipstack::sip::SipMessage::Request(req)) => req
+                .uri
+                .user()
+                .map(message::unescape)
+                .or_else(|| message::uri_user(&request_uri)),
+            Ok(_) => None,
+            Err(e) => {
+                self.malformed(&data, Some(&msg), &peer, &format!("rsipstack: {e}"))
+                    .await;
+                return;
+            }
+        };
+        let Some(call_id) = msg.call_id().map(str::to_string) else {
+            return;
+        };
+        let Ok((cseq, _)) = msg.cseq() else { return };
+        let base = ReplyBase::of(&msg);
+        match method.as_str() {
+            "INVITE" => {
+                self.invite(msg, base, peer, call_id, cseq, dialled.unwrap_or_default())
+                    .await
+            }
+            "ACK" => self.ack(&call_id, cseq),
+            "CANCEL" => self.cancel(base, peer, &call_id, cseq).await,
+            "BYE" | "INFO" => {
+                self.in_dialog(&msg, base, peer, &method, &call_id, cseq)
+                    .await
+            }
+            "OPTIONS" => {
+                let extra = [
+                    ("Allow", ALLOW.to_string()),
+                    ("Accept", "application/sdp".to_string()),
+                ];
+                let bytes = self
+                    .reply(&peer, &base, (200, "OK"), Some(&tag()), &extra, b"")
+                    .await;
+                self.finals
+                    .insert((call_id, cseq, method), (bytes, Instant::now() + 64 * T1));
+            }
+            _ => {}
+        }
+    }
+
+    async fn malformed(&self, data: &[u8], msg: Option<&Message>, peer: &Peer, why: &str) {
+        tracing::debug!(peer = %peer.addr(), transport = peer.transport(), error = why, "malformed SIP message");
+        metrics::counter!("switchboard_sip_malformed_total").increment(1);
+        // Never answer an ACK or a response (RFC 3261 §17.1.1.3, §18.1.2).
+        let is_ack = msg.and_then(Message::method) == Some("ACK") || data.starts_with(b"ACK ");
+        if is_ack {
+            return;
+        }
+        let base = match msg {
+            Some(m) if matches!(m.start, StartLine::Request { .. }) => {
+                let b = ReplyBase::of(m);
+                (!b.vias.is_empty()).then_some(b)
+            }
+            _ => ReplyBase::salvage(data),
+        };
+        if let Some(base) = base {
+            let warning = format!(
+                "399 switchboard \"{}\"",
+                why.replace(['"', '\\', '\r', '\n'], " ")
+                    .chars()
+                    .take(120)
+                    .collect::<String>()
+            );
+            self.reply(
+                peer,
+                &base,
+                (400, "Bad Request"),
+                Some(&tag()),
+                &[("Warning", warning)],
+                b"",
+            )
+            .await;
+        }
+    }
+
+    fn contact(&self, peer: &Peer) -> String {
+        let ip = self.local_ip(peer.addr().ip());
+        let host = if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        let transport = match peer {
+            Peer::Udp(_) => "",
+            Peer::Tcp(..) => ";transport=tcp",
+            Peer::Tls(..) => ";transport=tls",
+        };
+        format!(
+            "<sip:switchboard@{host}:{}{transport}>",
+            self.settings.sip_port
+        )
+    }
+
+    /// The address the peer reaches us at: the bind address, the advertised one, or the local address of the
+    /// route towards the peer.
+    fn local_ip(&self, towards: IpAddr) -> IpAddr {
+        if !self.settings.media_bind.is_unspecified() {
+            return self.settings.media_bind;
+        }
+        if let Some(a) = self.settings.advertise {
+            return a;
+        }
+        let any: IpAddr = if towards.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        std::net::UdpSocket::bind((any, 0))
+            .and_then(|s| {
+                s.connect((towards, 9))?;
+                s.local_addr()
+            })
+            .map(|a| a.ip())
+            .unwrap_or(towards)
+    }
+
+    async fn invite(
+        &mut self,
+        msg: Message,
+        base: ReplyBase,
+        peer: Peer,
+        call_id: String,
+        cseq: u32,
+        dialled: String,
+    ) {
+        if let Some(call) = self.calls.get(&call_id) {
+            if msg.to_tag().is_none() || cseq == call.invite_cseq {
+                // A retransmission of an INVITE we are processing or have answered: repeat our last response.
+                let (p, last) = (peer.clone(), call.last_invite_response.clone());
+                self.send(&p, &last).await;
+                return;
+            }
+            self.reinvite(msg, base, peer, call_id, cseq).await;
+            return;
+        }
+        if msg.to_tag().is_some() {
+            self.reply(
+                &peer,
+                &base,
+                (481, "Call/Transaction Does Not Exist"),
+                None,
+                &[],
+                b"",
+            )
+            .await;
+            return;
+        }
+        let source = peer.addr().ip();
+        let decision = self.settings.router.decide(source, &dialled);
+        let (trunk_idx, target, answer_after_ms) = match decision {
+            Decision::Forbidden => {
+                // Nothing else happens: no 100, no call, no media port (issue 5, acceptance 4).
+                tracing::debug!(%source, call_id = %call_id, dialled = %dialled, "INVITE from an address no trunk allows: 403");
+                metrics::counter!("switchboard_sip_rejected_total", "reason" => "forbidden")
+                    .increment(1);
+                self.reply(&peer, &base, (403, "Forbidden"), Some(&tag()), &[], b"")
+                    .await;
+                return;
+            }
+            Decision::NotFound => {
+                tracing::info!(%source, call_id = %call_id, dialled = %dialled, "INVITE to a number we do not own: 404");
+                self.reply(&peer, &base, (404, "Not Found"), Some(&tag()), &[], b"")
+                    .await;
+                return;
+            }
+            Decision::Route {
+                trunk,
+                target,
+                answer_after_ms,
+            } => (trunk, target, answer_after_ms),
+        };
+        let trunk = self.settings.router.trunk(trunk_idx).cloned();
+        let trunk_name = trunk.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        let codecs = trunk.map(|t| t.codecs).unwrap_or_default();
+        self.reply(&peer, &base, (100, "Trying"), None, &[], b"")
+            .await;
+        let local_tag = tag();
+        if !matches!(target, RouteTarget::Echo) {
+            // Bridging to users and group calls is phase 2 of issue 5: say so instead of ringing nobody.
+            tracing::info!(call_id = %call_id, dialled = %dialled, route = ?target, "route not available yet: 480");
+            self.reply(
+                &peer,
+                &base,
+                (480, "Temporarily Unavailable"),
+                Some(&local_tag),
+                &[],
+                b"",
+            )
+            .await;
+            return;
+        }
+        let offer = match body_sdp(&msg) {
+            Some(Ok(o)) => o,
+            _ => {
+                self.reply(
+                    &peer,
+                    &base,
+                    (488, "Not Acceptable Here"),
+                    Some(&local_tag),
+                    &[(
+                        "Warning",
+                        "399 switchboard \"an SDP offer is required\"".into(),
+                    )],
+                    b"",
+                )
+                .await;
+                return;
+            }
+        };
+        let neg = match sdp::negotiate(&offer, &codecs) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::info!(call_id = %call_id, error = %e, "SDP offer refused");
+                self.reply(
+                    &peer,
+                    &base,
+                    (488, "Not Acceptable Here"),
+                    Some(&local_tag),
+                    &[("Warning", format!("305 switchboard \"{e}\""))],
+                    b"",
+                )
+                .await;
+                return;
+            }
+        };
+        let now = Instant::now();
+        tracing::info!(call_id = %call_id, trunk = %trunk_name, %source, dialled = %dialled, codec = neg.codec.name(), telephone_event = neg.telephone_event.is_some(), "inbound call to the echo line");
+        metrics::counter!("switchboard_sip_calls_total", "route" => "echo").increment(1);
+        let mut call = Call {
+            local_tag,
+            peer: peer.clone(),
+            base,
+            invite_cseq: cseq,
+            remote_cseq: cseq,
+            state: State::Ringing(now + Duration::from_millis(answer_after_ms)),
+            last_invite_response: Vec::new(),
+            retransmit: None,
+            offer,
+            neg,
+            media: None,
+            session_id: rand::random::<u32>().into(),
+            sdp_version: 1,
+            trunk: trunk_name,
+        };
+        if answer_after_ms > 0 {
+            let contact = self.contact(&peer);
+            let r = self
+                .reply(
+                    &peer,
+                    &call.base,
+                    (180, "Ringing"),
+                    Some(&call.local_tag),
+                    &[("Contact", contact)],
+                    b"",
+                )
+                .await;
+            call.last_invite_response = r;
+            self.calls.insert(call_id, call);
+        } else {
+            self.calls.insert(call_id.clone(), call);
+            self.answer(&call_id, now).await;
+        }
+    }
+
+    /// Answers a ringing call: media ports, 200 OK with the SDP answer.
+    async fn answer(&mut self, call_id: &str, now: Instant) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        let local = self.local_ip(call.peer.addr().ip());
+        let bind = if self.settings.media_bind.is_unspecified() {
+            self.settings.media_bind
+        } else {
+            local
+        };
+        let params = MediaParams {
+            neg: call.neg.clone(),
+            send: call.neg.answered.sends(),
+            signalling_ip: call.peer.addr().ip(),
+        };
+        let media = self
+            .ports
+            .allocate(bind)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                MediaSession::start_echo(call_id.to_string(), s, params).map_err(|e| e.to_string())
+            });
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let media = match media {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(call_id, error = %e, "no media port: 503");
+                let (peer, base, tag) =
+                    (call.peer.clone(), call.base.clone(), call.local_tag.clone());
+                self.calls.remove(call_id);
+                self.reply(
+                    &peer,
+                    &base,
+                    (503, "Service Unavailable"),
+                    Some(&tag),
+                    &[],
+                    b"",
+                )
+                .await;
+                return;
+            }
+        };
+        let answer = sdp::answer(
+            &call.offer,
+            &call.neg,
+            local,
+            media.port,
+            call.session_id,
+            call.sdp_version,
+        );
+        call.media = Some(media);
+        call.state = State::Answered;
+        let (peer, base, tag) = (call.peer.clone(), call.base.clone(), call.local_tag.clone());
+        let contact = self.contact(&peer);
+        let extra = [
+            ("Contact", contact),
+            ("Allow", ALLOW.to_string()),
+            ("Content-Type", "application/sdp".to_string()),
+        ];
+        let bytes = self
+            .reply(
+                &peer,
+                &base,
+                (200, "OK"),
+                Some(&tag),
+                &extra,
+                answer.as_bytes(),
+            )
+            .await;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.last_invite_response = bytes.clone();
+            if !peer.reliable() {
+                call.retransmit = Some(Retransmit::new(bytes, now));
+            }
+        }
+    }
+
+    async fn reinvite(
+        &mut self,
+        msg: Message,
+        base: ReplyBase,
+        peer: Peer,
+        call_id: String,
+        cseq: u32,
+    ) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if msg.to_tag().as_deref() != Some(call.local_tag.as_str()) || call.state != State::Answered
+        {
+            self.reply(
+                &peer,
+                &base,
+                (481, "Call/Transaction Does Not Exist"),
+                None,
+                &[],
+                b"",
+            )
+            .await;
+            return;
+        }
+        if cseq <= call.remote_cseq {
+            self.reply(
+                &peer,
+                &base,
+                (500, "Server Internal Error"),
+                None,
+                &[("Retry-After", "1".into())],
+                b"",
+            )
+            .await;
+            return;
+        }
+        call.remote_cseq = cseq;
+        if call.retransmit.is_some() {
+            // RFC 3261 §14.2: a re-INVITE while our previous 2xx is unacknowledged gets 491.
+            let (p, t) = (peer.clone(), call.local_tag.clone());
+            self.reply(&p, &base, (491, "Request Pending"), Some(&t), &[], b"")
+                .await;
+            return;
+        }
+        let trunk_codecs = self
+            .settings
+            .router
+            .trunk_for(peer.addr().ip())
+            .and_then(|i| self.settings.router.trunk(i))
+            .map(|t| t.codecs.clone())
+            .unwrap_or_else(|| vec![call.neg.codec]);
+        let offer = match body_sdp(&msg) {
+            Some(Ok(o)) => Some(o),
+            Some(Err(_)) => {
+                let t = call.local_tag.clone();
+                self.reply(
+                    &peer,
+                    &base,
+                    (488, "Not Acceptable Here"),
+                    Some(&t),
+                    &[],
+                    b"",
+                )
+                .await;
+                return;
+            }
+            None => None, // no offer: ours goes in the 200, the ACK's answer is taken as unchanged
+        };
+        if let Some(offer) = offer {
+            match sdp::negotiate(&offer, &trunk_codecs) {
+                Ok(n) => {
+                    call.offer = offer;
+                    call.neg = n;
+                }
+                Err(e) => {
+                    let t = call.local_tag.clone();
+                    self.reply(
+                        &peer,
+                        &base,
+                        (488, "Not Acceptable Here"),
+                        Some(&t),
+                        &[("Warning", format!("305 switchboard \"{e}\""))],
+                        b"",
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+        call.sdp_version += 1;
+        call.invite_cseq = cseq;
+        call.base = base.clone();
+        call.peer = peer.clone();
+        let hold = !call.neg.answered.sends();
+        tracing::info!(call_id = %call_id, trunk = %call.trunk, offered = call.neg.offered.as_str(), answered = call.neg.answered.as_str(), hold, "re-INVITE");
+        let port = call.media.as_ref().map(|m| m.port).unwrap_or(0);
+        if let Some(m) = &call.media {
+            m.update(MediaParams {
+                neg: call.neg.clone(),
+                send: call.neg.answered.sends(),
+                signalling_ip: peer.addr().ip(),
+            });
+        }
+        let local = self.local_ip(peer.addr().ip());
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let answer = sdp::answer(
+            &call.offer,
+            &call.neg,
+            local,
+            port,
+            call.session_id,
+            call.sdp_version,
+        );
+        let tag = call.local_tag.clone();
+        let contact = self.contact(&peer);
+        let extra = [
+            ("Contact", contact),
+            ("Allow", ALLOW.to_string()),
+            ("Content-Type", "application/sdp".to_string()),
+        ];
+        let bytes = self
+            .reply(
+                &peer,
+                &base,
+                (200, "OK"),
+                Some(&tag),
+                &extra,
+                answer.as_bytes(),
+            )
+            .await;
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            call.last_invite_response = bytes.clone();
+            if !peer.reliable() {
+                call.retransmit = Some(Retransmit::new(bytes, Instant::now()));
+            }
+        }
+    }
+
+    fn ack(&mut self, call_id: &str, cseq: u32) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return; // an ACK for a stateless 403/404, or for nothing: no response ever (RFC 3261 §17.2.3)
+        };
+        if cseq != call.invite_cseq {
+            return;
+        }
+        call.retransmit = None;
+        if call.state == State::Ended {
+            self.calls.remove(call_id);
+        }
+    }
+
+    async fn cancel(&mut self, base: ReplyBase, peer: Peer, call_id: &str, cseq: u32) {
+        let key = (call_id.to_string(), cseq, "CANCEL".to_string());
+        if let Some((bytes, _)) = self.finals.get(&key) {
+            let b = bytes.clone();
+            self.send(&peer, &b).await;
+            return;
+        }
+        let Some(call) = self.calls.get_mut(call_id) else {
+            self.reply(
+                &peer,
+                &base,
+                (481, "Call/Transaction Does Not Exist"),
+                None,
+                &[],
+                b"",
+            )
+            .await;
+            return;
+        };
+        if cseq != call.invite_cseq {
+            self.reply(
+                &peer,
+                &base,
+                (481, "Call/Transaction Does Not Exist"),
+                None,
+                &[],
+                b"",
+            )
+            .await;
+            return;
+        }
+        let ringing = matches!(call.state, State::Ringing(_));
+        let (tag, invite_base, invite_peer) =
+            (call.local_tag.clone(), call.base.clone(), call.peer.clone());
+        // The CANCEL itself is always answered 200 when its INVITE is known (RFC 3261 §9.2).
+        let ok = self
+            .reply(&peer, &base, (200, "OK"), Some(&tag), &[], b"")
+            .await;
+        self.finals.insert(key, (ok, Instant::now() + 64 * T1));
+        if !ringing {
+            // The CANCEL/200 race: our 200 crossed the CANCEL; the call stands and the caller will BYE.
+            tracing::info!(call_id, "CANCEL after the 200 OK: no effect");
+            return;
+        }
+        tracing::info!(call_id, "CANCEL before answer: 487");
+        let r = self
+            .reply(
+                &invite_peer,
+                &invite_base,
+                (487, "Request Terminated"),
+                Some(&tag),
+                &[],
+                b"",
+            )
+            .await;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.state = State::Ended;
+            call.media = None;
+            call.last_invite_response = r.clone();
+            if invite_peer.reliable() {
+                self.calls.remove(call_id);
+            } else {
+                call.retransmit = Some(Retransmit::new(r, Instant::now()));
+            }
+        }
+    }
+
+    async fn in_dialog(
+        &mut self,
+        msg: &Message,
+        base: ReplyBase,
+        peer: Peer,
+        method: &str,
+        call_id: &str,
+        cseq: u32,
+    ) {
+        let key = (call_id.to_string(), cseq, method.to_string());
+        if let Some((bytes, _)) = self.finals.get(&key) {
+            let b = bytes.clone();
+            self.send(&peer, &b).await;
+            return;
+        }
+        let known = self.calls.get(call_id).is_some_and(|c| {
+            msg.to_tag().as_deref() == Some(c.local_tag.as_str()) && c.state != State::Ended
+        });
+        if !known {
+            let r = self
+                .reply(
+                    &peer,
+                    &base,
+                    (481, "Call/Transaction Does Not Exist"),
+                    None,
+                    &[],
+                    b"",
+                )
+                .await;
+            self.finals.insert(key, (r, Instant::now() + 64 * T1));
+            return;
+        }
+        if let Some(c) = self.calls.get_mut(call_id) {
+            c.remote_cseq = c.remote_cseq.max(cseq);
+        }
+        let r = match method {
+            "BYE" => {
+                if let Some(c) = self.calls.remove(call_id) {
+                    tracing::info!(call_id, trunk = %c.trunk, "BYE: call ended");
+                    if matches!(c.state, State::Ringing(_)) {
+                        // A BYE in the early dialog ends the INVITE too (RFC 3261 §15.1.2).
+                        self.reply(
+                            &c.peer,
+                            &c.base,
+                            (487, "Request Terminated"),
+                            Some(&c.local_tag),
+                            &[],
+                            b"",
+                        )
+                        .await;
+                    }
+                }
+                self.reply(&peer, &base, (200, "OK"), None, &[], b"").await
+            }
+            _ => {
+                let ct = msg.header("Content-Type").unwrap_or("");
+                let body = String::from_utf8_lossy(&msg.body);
+                match dtmf::parse_info(ct, &body) {
+                    Some((event, duration)) => {
+                        report_dtmf(call_id, event, DtmfSource::Info, duration);
+                        self.reply(&peer, &base, (200, "OK"), None, &[], b"").await
+                    }
+                    None if msg.body.is_empty() => {
+                        self.reply(&peer, &base, (200, "OK"), None, &[], b"").await
+                    }
+                    None => {
+                        let accept = [(
+                            "Accept",
+                            "application/dtmf-relay, application/dtmf".to_string(),
+                        )];
+                        self.reply(
+                            &peer,
+                            &base,
+                            (415, "Unsupported Media Type"),
+                            None,
+                            &accept,
+                            b"",
+                        )
+                        .await
+                    }
+                }
+            }
+        };
+        self.finals.insert(key, (r, Instant::now() + 64 * T1));
+    }
+
+    async fn keepalives(&mut self, now: Instant) {
+        let mut sends = Vec::new();
+        for p in &mut self.probes {
+            let (probe, change) = p.state.poll(now);
+            if change == Some(Health::Down) {
+                tracing::warn!(trunk = %p.trunk, addr = %p.addr, "trunk down: OPTIONS unanswered 3 times");
+                metrics::gauge!("switchboard_sip_trunk_up", "trunk" => p.trunk.clone()).set(0.0);
+            }
+            if let Some(call_id) = probe {
+                sends.push((p.addr, call_id));
+            }
+        }
+        for (addr, call_id) in sends {
+            let ip = self.local_ip(addr.ip());
+            let host = if ip.is_ipv6() {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            let port = self.settings.sip_port;
+            let req = format!(
+                "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{b:016x};rport\r\nMax-Forwards: 70\r\nFrom: <sip:switchboard@{host}:{port}>;tag={t}\r\nTo: <sip:{addr}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nUser-Agent: {USER_AGENT}\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n",
+                b = rand::random::<u64>(),
+                t = tag(),
+            );
+            if let Err(e) = self.udp.send_to(req.as_bytes(), addr).await {
+                tracing::debug!(%addr, error = %e, "keepalive send failed");
+            }
+        }
+    }
+
+    async fn handle_timers(&mut self, now: Instant) {
+        self.keepalives(now).await;
+        self.finals.retain(|_, (_, until)| *until > now);
+        let due: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Ringing(at) if at <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in due {
+            self.answer(&id, now).await;
+        }
+        let mut sends = Vec::new();
+        let mut dead = Vec::new();
+        for (id, c) in self.calls.iter_mut() {
+            let Some(r) = c.retransmit.as_mut() else {
+                continue;
+            };
+            if now >= r.deadline {
+                // Timer H / 2xx give-up: no ACK within 64*T1 ends the call (RFC 3261 §13.3.1.4).
+                dead.push(id.clone());
+                continue;
+            }
+            if now >= r.next {
+                sends.push((c.peer.clone(), r.bytes.clone()));
+                r.interval = (r.interval * 2).min(T2);
+                r.next = now + r.interval;
+            }
+        }
+        for (p, b) in sends {
+            self.send(&p, &b).await;
+        }
+        for id in dead {
+            tracing::warn!(call_id = %id, "no ACK for our final response: call dropped");
+            self.calls.remove(&id);
+        }
+        metrics::gauge!("switchboard_sip_calls_active").set(self.calls.len() as f64);
+    }
+}
+
+fn body_sdp(msg: &Message) -> Option<Result<SessionDescription, sdp::SdpError>> {
+    let ct = msg.header("Content-Type")?;
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/sdp")
+        || msg.body.is_empty()
+    {
+        return None;
+    }
+    Some(sdp::parse(&String::from_utf8_lossy(&msg.body)))
+}
+
+fn metric_method(m: &str) -> &'static str {
+    match m {
+        "INVITE" => "INVITE",
+        "ACK" => "ACK",
+        "CANCEL" => "CANCEL",
+        "BYE" => "BYE",
+        "OPTIONS" => "OPTIONS",
+        "INFO" => "INFO",
+        _ => "other",
+    }
+}
