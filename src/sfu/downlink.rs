@@ -33,6 +33,12 @@ const PROBE_HEADROOM: f64 = 1.3;
 /// How far the estimate must cover the preferred layers' bitrate to end the constraint.
 const RELEASE_HEADROOM: f64 = 1.15;
 
+/// An estimator is restarted only after the subscriber reported no loss for this long (a link
+/// still narrow keeps losing, and restarting into it would overfill it with probes), and at most
+/// once per [`RESET_INTERVAL`].
+const LOSS_QUIET: Duration = Duration::from_millis(1000);
+const RESET_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How long a rate must have been sent before an estimate below it counts as congestion.
 const SENDING_WINDOW: Duration = Duration::from_secs(2);
 
@@ -67,6 +73,10 @@ pub(crate) struct Downlink {
     hold_until: Option<Instant>,
     /// When the last probe was asked for.
     last_probe: Option<Instant>,
+    /// When the subscriber last reported loss (NACKs).
+    last_loss: Option<Instant>,
+    /// When the estimator was last restarted.
+    last_reset: Option<Instant>,
 }
 
 impl Downlink {
@@ -94,6 +104,11 @@ impl Downlink {
     /// up the estimator has not seen the new rate yet, and an estimate below it is no congestion.
     fn sustained_rate(&self) -> u64 {
         self.sending.iter().map(|(_, r)| *r).min().unwrap_or(0)
+    }
+
+    /// The subscriber reported loss (NACKs) at `now`.
+    pub(crate) fn on_loss(&mut self, now: Instant) {
+        self.last_loss = Some(now);
     }
 
     /// Latest estimate, bit/s.
@@ -156,15 +171,25 @@ impl Downlink {
             };
         }
         self.last_probe = Some(now);
-        // An estimate below what the link carries now is stuck in the estimator's loss-limited
-        // state, in which str0m makes no probes: start it again from the rate carried, so that
-        // its initial probes (3x and 6x) find out whether the link recovered.
-        let reset = self
-            .estimate
-            .is_some_and(|e| (e as f64) < current as f64 * CONGESTION_SENT_FRACTION)
-            .then_some(current);
+        // An estimate below what the link carries now, with no loss reported any more, is stuck
+        // in the estimator's loss-limited state, in which str0m makes no probes: start it again
+        // from the rate carried, so that its initial probes (3x and 6x) find out whether the link
+        // recovered.
+        let quiet = self
+            .last_loss
+            .is_none_or(|t| now.saturating_duration_since(t) >= LOSS_QUIET);
+        let reset_due = self
+            .last_reset
+            .is_none_or(|t| now.saturating_duration_since(t) >= RESET_INTERVAL);
+        let reset = (quiet
+            && reset_due
+            && self
+                .estimate
+                .is_some_and(|e| (e as f64) < current as f64 * CONGESTION_SENT_FRACTION))
+        .then_some(current);
         if let Some(rate) = reset {
             self.estimate = Some(rate);
+            self.last_reset = Some(now);
         }
         BitrateTargets {
             minimum: current,
@@ -269,6 +294,16 @@ mod tests {
         d.on_estimate(t0 + 3 * S + H, 200_000);
         let t = d.targets(t0 + 4 * S, 150_000, 2_000_000);
         assert_eq!(t.reset, None);
+        // Nor while the subscriber reports loss, nor more often than every 2 s.
+        d.on_estimate(t0 + 5 * S, 60_000);
+        d.on_loss(t0 + 5 * S);
+        let t = d.targets(t0 + 5 * S + H, 150_000, 2_000_000);
+        assert_eq!(t.reset, None, "loss 0.5 s ago");
+        let t = d.targets(t0 + 6 * S + H, 150_000, 2_000_000);
+        assert_eq!(t.reset, Some(150_000), "quiet for 1.5 s");
+        d.on_estimate(t0 + 7 * S, 60_000);
+        let t = d.targets(t0 + 7 * S + H, 150_000, 2_000_000);
+        assert_eq!(t.reset, None, "1 s after the last restart");
     }
 
     #[test]

@@ -1081,6 +1081,10 @@ impl Participant {
             Event::MediaEgressStats(s) => {
                 let (nacks, plis) =
                     self.feedback_delta((s.mid, s.rid, true), s.nacks, s.plis + s.firs);
+                if nacks > 0 {
+                    debug!(participant = %self.id, mid = %s.mid, nacks, packets = s.packets, "egress NACKs");
+                    self.downlink.on_loss(now);
+                }
                 out.stats.nacks_received += nacks;
                 out.stats.plis_received += plis;
             }
