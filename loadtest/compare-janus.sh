@@ -21,14 +21,18 @@ OUT="${OUT:-$(mktemp -d -t compare-janus.XXXXXX)}"
 mkdir -p "$OUT"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
-if ! command -v janus >/dev/null 2>&1; then
-  echo "==> installing janus (apt-get)"
+missing=()
+command -v janus >/dev/null 2>&1 || missing+=(janus)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]} (apt-get)"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q janus
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
-for tool in python3 ss; do
-  command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
-done
+# The package's plugin and transport folders (multiarch path).
+JANUS_LIB=$(dirname "$(dpkg -L janus | grep -m1 '/janus/plugins/libjanus_videoroom.so$')")
+JANUS_LIB=$(dirname "$JANUS_LIB")
 
 echo "==> building release binaries"
 cargo build --release -q -p switchboard -p switchboard-loadtest
@@ -65,7 +69,7 @@ start_janus() {
   port=$(free_tcp_port); rtp=$(free_udp_range)
   rm -rf "$conf"; mkdir -p "$conf"
   cp "$ROOT"/loadtest/janus/*.jcfg "$conf/"
-  sed -i "s#@CONF@#$conf#g; s#@WS_PORT@#$port#g; s#@RTP_PORTS@#$rtp#g" "$conf"/*.jcfg
+  sed -i "s#@CONF@#$conf#g; s#@JANUS_LIB@#$JANUS_LIB#g; s#@WS_PORT@#$port#g; s#@RTP_PORTS@#$rtp#g" "$conf"/*.jcfg
   janus -F "$conf" -C "$conf/janus.jcfg" -o >"$OUT/janus.log" 2>&1 &
   JANUS_PID=$!
   for _ in $(seq 100); do ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.1; done
