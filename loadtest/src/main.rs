@@ -7,6 +7,7 @@
 
 mod histogram;
 mod identity;
+mod janus;
 mod media_client;
 mod media_run;
 mod meter;
@@ -85,6 +86,17 @@ struct Common {
     /// pacers settle; the default measures from the first second).
     #[arg(long, global = true, default_value = "0s", value_parser = units::parse_duration)]
     warmup: Duration,
+    /// Load Janus' VideoRoom plugin at this WebSocket URL (e.g. `ws://127.0.0.1:8188`) instead of Switchboard
+    /// (`audio-room`, `livestream`, `video-meeting`); pass Janus' pid as --server-pid for its CPU and RSS.
+    #[arg(long, global = true, value_name = "WS_URL")]
+    janus: Option<String>,
+    /// VideoRoom room id to join with --janus (it must exist in Janus' config).
+    #[arg(long, global = true, default_value_t = 1234)]
+    janus_room: u64,
+    /// Address the clients bind with --janus (default: this host's primary IPv4 address; Janus does not use
+    /// loopback).
+    #[arg(long, global = true)]
+    janus_bind: Option<std::net::IpAddr>,
     /// Pin media clients to --threads single-threaded runtimes (shards) instead of one work-stealing runtime.
     #[arg(long, global = true)]
     sharded: bool,
@@ -225,9 +237,15 @@ fn main() -> Result<()> {
 
 async fn run(cli: Cli, threads: usize) -> Result<()> {
     let c = &cli.common;
-    let target = match &c.spawn_server {
-        Some(path) => Target::spawn(path, &c.server_log).await?,
-        None => Target::existing(
+    let target = match (&c.janus, &c.spawn_server) {
+        (Some(_), _) => {
+            if matches!(cli.scenario, Scenario::Signaling { .. }) {
+                anyhow::bail!("--janus loads media scenarios only");
+            }
+            Target::foreign(c.server_pid)
+        }
+        (None, Some(path)) => Target::spawn(path, &c.server_log).await?,
+        (None, None) => Target::existing(
             &c.server,
             c.connection_string.as_deref(),
             &c.data_dir,
@@ -247,6 +265,11 @@ async fn run(cli: Cli, threads: usize) -> Result<()> {
         identity_parallel: 16,
         threads,
         ticks_per_s,
+        janus: c.janus.as_ref().map(|url| media_run::JanusOptions {
+            url: url.clone(),
+            room: c.janus_room,
+            bind: c.janus_bind.unwrap_or_else(janus::default_bind),
+        }),
     };
     let scenario = async {
         let r: Result<(String, serde_json::Value)> = Ok(match &cli.scenario {

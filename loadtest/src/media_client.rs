@@ -174,7 +174,8 @@ pub struct ClientResult {
 }
 
 impl ClientResult {
-    fn error(&mut self, e: impl Into<String>) {
+    /// Counts an error and keeps the first few.
+    pub(crate) fn error(&mut self, e: impl Into<String>) {
         self.error_count += 1;
         if self.errors.len() < MAX_ERRORS {
             self.errors.push(e.into());
@@ -183,7 +184,7 @@ impl ClientResult {
 }
 
 /// One outgoing track's send state.
-struct Outgoing {
+pub(crate) struct Outgoing {
     mid: Mid,
     pt: Option<Pt>,
     kind: Kind,
@@ -199,7 +200,7 @@ struct Outgoing {
     rtp_step: u64,
 }
 
-struct Peer {
+pub(crate) struct Peer {
     spec: ClientSpec,
     clock: Arc<RunClock>,
     counters: Arc<Counters>,
@@ -216,7 +217,20 @@ struct Peer {
     started: Instant,
     /// When str0m next wants `Input::Timeout` (its last `Output::Timeout`).
     rtc_deadline: Instant,
+    /// This peer's ICE+DTLS connected (with Janus a publishing client has two peers sharing one `Counters`).
+    connected: bool,
+    /// Set when the peer talks to Janus' VideoRoom instead of Switchboard's signaling.
+    janus: Option<crate::janus::JanusLink>,
     result: ClientResult,
+}
+
+/// A new str0m client on `socket` with the m-lines `spec` publishes (or one `recvonly` audio m-line when
+/// `listen_offer` and it publishes nothing), and its offer when it has m-lines.
+pub(crate) struct Built {
+    pub rtc: Rtc,
+    pub outgoing: Vec<Outgoing>,
+    pub tracks: Vec<TrackSpec>,
+    pub offer: Option<(SdpOffer, SdpPendingOffer)>,
 }
 
 /// Runs a client until `stop` turns true (or it fails); returns what it measured.
@@ -246,6 +260,95 @@ pub async fn run(
     peer.result
 }
 
+/// Builds the str0m client of `spec` for the socket at `local`: see [`Built`]. Only the sending tracks' m-lines
+/// when `spec` publishes; otherwise one `recvonly` audio m-line if `listen_offer`, else none (the peer then
+/// answers the server's offer).
+pub(crate) fn build(
+    spec: &ClientSpec,
+    local: SocketAddr,
+    now: Instant,
+    listen_offer: bool,
+) -> anyhow::Result<Built> {
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .build(now);
+    rtc.add_local_candidate(Candidate::host(local, "udp")?)
+        .ok_or_else(|| anyhow::anyhow!("host candidate refused"))?;
+
+    let mut api = rtc.sdp_api();
+    let mut tracks = Vec::new();
+    let mut outgoing = Vec::new();
+    if spec.audio {
+        let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        tracks.push(TrackSpec {
+            mid: mid.to_string(),
+            source: "audio".into(),
+        });
+        outgoing.push(Outgoing {
+            mid,
+            pt: None,
+            kind: Kind::Audio,
+            next: now,
+            interval: AUDIO_INTERVAL,
+            seq: 0,
+            layers: vec![(spec.audio_bytes, false)],
+            last_key: now,
+            keyframe_every: Duration::MAX,
+            simulcast: false,
+            rtp_step: 960,
+        });
+    }
+    if let Some(v) = spec.video {
+        let sim = v.simulcast.then(|| {
+            let mut s = Simulcast::new();
+            for (rid, ..) in LAYERS {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
+        let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, sim);
+        tracks.push(TrackSpec {
+            mid: mid.to_string(),
+            source: "camera".into(),
+        });
+        let fps = v.fps.max(1);
+        let frame_bytes = |share: f64| {
+            ((v.bitrate_bps as f64 * share / 8.0 / f64::from(fps)) as usize)
+                .max(payload::VIDEO_STAMP_OFFSET + payload::STAMP_LEN)
+        };
+        let layers = if v.simulcast {
+            LAYERS.iter().map(|l| (frame_bytes(l.3), true)).collect()
+        } else {
+            vec![(frame_bytes(1.0), true)]
+        };
+        outgoing.push(Outgoing {
+            mid,
+            pt: None,
+            kind: Kind::Video,
+            next: now,
+            interval: Duration::from_secs(1) / fps,
+            seq: 0,
+            layers,
+            last_key: now,
+            keyframe_every: v.keyframe_every,
+            simulcast: v.simulcast,
+            rtp_step: 90_000 / u64::from(fps),
+        });
+    }
+    if outgoing.is_empty() && listen_offer {
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    }
+    let offer = api.apply();
+    Ok(Built {
+        rtc,
+        outgoing,
+        tracks,
+        offer,
+    })
+}
+
 impl Peer {
     async fn join(
         spec: ClientSpec,
@@ -273,80 +376,13 @@ impl Peer {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
         let now = Instant::now();
-        let mut rtc = Rtc::builder()
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(now);
-        rtc.add_local_candidate(Candidate::host(local, "udp")?)
-            .ok_or_else(|| anyhow::anyhow!("host candidate refused"))?;
-
-        let mut api = rtc.sdp_api();
-        let mut tracks = Vec::new();
-        let mut outgoing = Vec::new();
-        if spec.audio {
-            let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-            tracks.push(TrackSpec {
-                mid: mid.to_string(),
-                source: "audio".into(),
-            });
-            outgoing.push(Outgoing {
-                mid,
-                pt: None,
-                kind: Kind::Audio,
-                next: now,
-                interval: AUDIO_INTERVAL,
-                seq: 0,
-                layers: vec![(spec.audio_bytes, false)],
-                last_key: now,
-                keyframe_every: Duration::MAX,
-                simulcast: false,
-                rtp_step: 960,
-            });
-        }
-        if let Some(v) = spec.video {
-            let sim = v.simulcast.then(|| {
-                let mut s = Simulcast::new();
-                for (rid, ..) in LAYERS {
-                    s.add_send_layer(SimulcastLayer::new(rid));
-                }
-                s
-            });
-            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, sim);
-            tracks.push(TrackSpec {
-                mid: mid.to_string(),
-                source: "camera".into(),
-            });
-            let fps = v.fps.max(1);
-            let frame_bytes = |share: f64| {
-                ((v.bitrate_bps as f64 * share / 8.0 / f64::from(fps)) as usize)
-                    .max(payload::VIDEO_STAMP_OFFSET + payload::STAMP_LEN)
-            };
-            let layers = if v.simulcast {
-                LAYERS.iter().map(|l| (frame_bytes(l.3), true)).collect()
-            } else {
-                vec![(frame_bytes(1.0), true)]
-            };
-            outgoing.push(Outgoing {
-                mid,
-                pt: None,
-                kind: Kind::Video,
-                next: now,
-                interval: Duration::from_secs(1) / fps,
-                seq: 0,
-                layers,
-                last_key: now,
-                keyframe_every: v.keyframe_every,
-                simulcast: v.simulcast,
-                rtp_step: 90_000 / u64::from(fps),
-            });
-        }
-        if outgoing.is_empty() {
-            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        }
-        let (offer, pending) = api
-            .apply()
-            .ok_or_else(|| anyhow::anyhow!("str0m made no offer"))?;
+        let Built {
+            rtc,
+            outgoing,
+            tracks,
+            offer,
+        } = build(&spec, local, now, true)?;
+        let (offer, pending) = offer.ok_or_else(|| anyhow::anyhow!("str0m made no offer"))?;
         let offer_id = signal
             .send(
                 "offer",
@@ -370,8 +406,60 @@ impl Peer {
             expected,
             started,
             rtc_deadline: now,
+            connected: false,
+            janus: None,
             result: ClientResult::default(),
         })
+    }
+
+    /// A peer around an already negotiated (or negotiating) `rtc`, for adapters with their own signaling.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        spec: ClientSpec,
+        clock: Arc<RunClock>,
+        counters: Arc<Counters>,
+        built: Built,
+        socket: UdpSocket,
+        signal: SignalClient,
+        janus: Option<crate::janus::JanusLink>,
+        started: Instant,
+    ) -> anyhow::Result<Peer> {
+        let local = socket.local_addr()?;
+        let expected = spec.expected.iter().copied().collect();
+        Ok(Peer {
+            spec,
+            clock,
+            counters,
+            rtc: built.rtc,
+            socket,
+            local,
+            signal,
+            call_id: String::new(),
+            pending: None,
+            answer_ids: Vec::new(),
+            outgoing: built.outgoing,
+            tracks_seen: HashSet::new(),
+            expected,
+            started,
+            rtc_deadline: Instant::now(),
+            connected: false,
+            janus,
+            result: ClientResult::default(),
+        })
+    }
+
+    /// Runs until `stop` (or a failure), then closes; returns what it measured.
+    pub(crate) async fn run_to_end(mut self, stop: &mut watch::Receiver<bool>) -> ClientResult {
+        if let Err(e) = self.run(stop).await {
+            self.counters.failed.store(true, Ordering::Relaxed);
+            self.result.error(format!("{e:#}"));
+        }
+        self.rtc.disconnect();
+        if let Some(link) = self.janus.take() {
+            crate::janus::leave(&mut self.signal, link).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.signal.ws.close(None)).await;
+        self.result
     }
 
     async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -382,7 +470,7 @@ impl Peer {
         }
         loop {
             let rtc_wake = self.drive()?;
-            let sending = self.counters.connected.load(Ordering::Relaxed) && self.pending.is_none();
+            let sending = self.connected && self.pending.is_none();
             let media_wake = if sending {
                 self.outgoing.iter().map(|o| o.next).min()
             } else {
@@ -399,7 +487,11 @@ impl Peer {
                 msg = self.signal.ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         let v: Value = serde_json::from_str(t.as_str())?;
-                        self.on_signal(v).await?;
+                        if self.janus.is_some() {
+                            crate::janus::on_message(&v)?;
+                        } else {
+                            self.on_signal(v).await?;
+                        }
                     }
                     Some(Ok(Message::Close(c))) => anyhow::bail!("signaling closed: {c:?}"),
                     Some(Ok(_)) => {}
@@ -410,6 +502,9 @@ impl Peer {
             }
             if sending {
                 self.send_due_frames()?;
+            }
+            if let Some(link) = &mut self.janus {
+                crate::janus::keepalive(&mut self.signal, link).await?;
             }
             // Only when due: an early timeout is harmless to str0m but costs a pass over all its streams,
             // which with hundreds of clients is a good part of the load generator's CPU.
@@ -481,6 +576,7 @@ impl Peer {
     fn on_event(&mut self, e: Event) {
         match e {
             Event::Connected => {
+                self.connected = true;
                 self.result.join_ms = Some(self.started.elapsed().as_millis() as u64);
                 self.counters.connected.store(true, Ordering::Relaxed);
                 let now = Instant::now();

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::histogram::Histogram;
-use crate::identity::IdentityApi;
+use crate::identity::{IdentityApi, User};
+use crate::janus::JanusTarget;
 use crate::media_client::{self, ClientResult, ClientSpec, Counters, RunClock, VideoSpec};
 use crate::meter::CpuMark;
 use crate::payload::Kind;
@@ -52,6 +53,19 @@ pub struct RunOptions {
     pub sharded: bool,
     /// Clock ticks per second of `/proc/PID/stat`.
     pub ticks_per_s: u64,
+    /// Load Janus' VideoRoom instead of Switchboard (`--janus`).
+    pub janus: Option<JanusOptions>,
+}
+
+/// How to reach Janus (see [`crate::janus`]).
+#[derive(Debug, Clone)]
+pub struct JanusOptions {
+    /// WebSocket URL.
+    pub url: String,
+    /// VideoRoom room id.
+    pub room: u64,
+    /// Address the clients bind.
+    pub bind: std::net::IpAddr,
 }
 
 struct Totals {
@@ -132,14 +146,35 @@ impl Progress {
 pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<MediaReport> {
     let n_pub = plan.publishers.len();
     let n = n_pub + plan.subscribers;
-    let api = IdentityApi::new(&target.base, &target.host, &target.access_key);
-    let t_ids = Instant::now();
-    let users = api.create_users(n, opts.identity_parallel).await?;
-    info!(
-        users = n,
-        seconds = t_ids.elapsed().as_secs_f64(),
-        "identities created"
-    );
+    let users = if opts.janus.is_some() {
+        // Janus has no identities: the adapter signs nobody in.
+        (0..n)
+            .map(|i| User {
+                id: format!("janus-{i}"),
+                token: String::new(),
+            })
+            .collect()
+    } else {
+        let api = IdentityApi::new(&target.base, &target.host, &target.access_key);
+        let t_ids = Instant::now();
+        let users = api.create_users(n, opts.identity_parallel).await?;
+        info!(
+            users = n,
+            seconds = t_ids.elapsed().as_secs_f64(),
+            "identities created"
+        );
+        users
+    };
+    let janus = opts.janus.as_ref().map(|j| {
+        Arc::new(JanusTarget {
+            url: j.url.clone(),
+            room: j.room,
+            feed_base: u64::from(uuid::Uuid::new_v4().as_u128() as u32) * 1000,
+            publishers: n_pub,
+            published: Default::default(),
+            bind: j.bind,
+        })
+    });
 
     let group_id = uuid::Uuid::new_v4().to_string();
     let mut tracks: Vec<(u32, Kind)> = Vec::new();
@@ -204,13 +239,20 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let client = media_client::run(
+        let (spec, clock_i, counters_i, ws_url, stop_rx, janus) = (
             spec.clone(),
             Arc::clone(&clock),
             Arc::clone(&counters[i]),
             ws_url.clone(),
             stop_rx.clone(),
+            janus.clone(),
         );
+        let client = async move {
+            match janus {
+                Some(t) => crate::janus::run(spec, clock_i, counters_i, t, stop_rx).await,
+                None => media_client::run(spec, clock_i, counters_i, ws_url, stop_rx).await,
+            }
+        };
         handles.push(match &shards {
             Some(shards) => shards.spawn(i, client),
             None => tokio::spawn(client),

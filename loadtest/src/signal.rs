@@ -58,6 +58,20 @@ fn small_buffers() -> WebSocketConfig {
 }
 
 impl SignalClient {
+    /// Wraps an open WebSocket (an adapter's own handshake, e.g. Janus' `janus-protocol` subprotocol).
+    pub fn from_ws(ws: Ws) -> SignalClient {
+        SignalClient {
+            ws,
+            next_id: 0,
+            queued: VecDeque::new(),
+        }
+    }
+
+    /// The [`WebSocketConfig`] of every connection this tool opens.
+    pub fn config() -> WebSocketConfig {
+        small_buffers()
+    }
+
     /// Opens the WebSocket at `url`.
     ///
     /// # Errors

@@ -106,6 +106,18 @@ impl Target {
         })
     }
 
+    /// A server that is not Switchboard (Janus, through its adapter): no identity API and no `/metrics`; only its
+    /// process id, for CPU and RSS. `base` points at a closed port so metric scrapes fail at once.
+    pub fn foreign(pid: Option<u32>) -> Target {
+        Target {
+            base: "http://127.0.0.1:9".into(),
+            host: "127.0.0.1:9".into(),
+            access_key: String::new(),
+            pid,
+            child: None,
+        }
+    }
+
     /// Starts `binary serve` in a new temporary data directory on free loopback ports and waits until it answers
     /// `/readyz` (at most 60 s). The server inherits this process's open-file limit. Its log goes to
     /// `server.log` in the data directory (kept while it runs).
