@@ -69,8 +69,9 @@ test("subscribers get the simulcast layer of their size and switch at a keyframe
   await waitCallState(pub.browser.page, "Connected", 10000);
   await Promise.all([alice, bob].map((p) => joinGroup(p.browser.page, groupId, { audio: RAW_AUDIO, video: false })));
 
-  // The publisher sends three layers, the top one at least 640 wide.
-  const layers = await pollUntil(() => outboundLayers(pub.browser.page), (l) => l.length === 3 && l.some((x) => x.frameWidth >= 640), {
+  // The publisher sends three layers (each encoding already, so the middle one is known by width), the top one
+  // at least 640 wide.
+  const layers = await pollUntil(() => outboundLayers(pub.browser.page), (l) => l.length === 3 && l.every((x) => x.frameWidth > 0) && l.some((x) => x.frameWidth >= 640), {
     timeoutMs: MEDIA_TIMEOUT_MS,
     intervalMs: 500,
     what: "publisher sending three layers",
