@@ -4,22 +4,35 @@
 //! A send-side estimate (TWCC, draft-holmer-rmcat-transport-wide-cc-extensions; GCC,
 //! draft-ietf-rmcat-gcc) only measures what was sent: on an underused link it says little about
 //! the capacity, so it caps layers only once it showed congestion (it fell below the rate sent).
-//! The connection is then *constrained*: layers fit the estimate, and after a short hold without
-//! new congestion the estimator is asked to probe for the preferred layers every
-//! [`PROBE_INTERVAL`]. A probe on a link that is still narrow measures it and changes nothing;
-//! on a link that has recovered it lifts the estimate (str0m probes exponentially up to twice the
-//! desired rate), the layers climb, and once the estimate covers the preferred layers the
-//! connection is unconstrained again. Probing never happens during the hold, so a link that just
-//! showed congestion is not overfilled by probes on top of media; a probe followed by congestion
-//! starts the hold again. A constrained estimate that keeps sinking by itself (the loss and delay
-//! controllers settling after the congestion) does not: it must not delay the probes that find
-//! out the link has recovered.
+//! The connection is then *constrained*: layers fit the estimate, and after a short hold the
+//! estimator is asked to probe for the preferred layers every [`PROBE_INTERVAL`]. A probe on a
+//! link that is still narrow measures it and changes nothing; on a link that has recovered it
+//! lifts the estimate (str0m probes exponentially up to twice the desired rate), the layers
+//! climb, and once the estimate covers the preferred layers the connection is unconstrained
+//! again.
+//!
+//! What holds probing back is loss the subscriber reports (the fraction lost of its RTCP receiver
+//! reports, RFC 3550 §6.4.1): no probing during [`CONGESTION_HOLD`] after the congestion, nor
+//! within [`LOSS_HOLD`] of a report with loss, so a link that is dropping packets is not
+//! overfilled by probes on top of media. A constrained estimate that keeps sinking without loss
+//! (the loss and delay controllers settling after the congestion) holds nothing back: it must
+//! not delay the probes that find out the link has recovered. NACK counts are no loss measure
+//! here: a receiver asks again for a missing packet every round trip until it gives up, so a few
+//! packets lost under the cap are NACKed for seconds after the link recovered.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How long after the last sign of congestion no probing happens.
+/// How long after the congestion that constrained the connection no probing happens.
 pub(crate) const CONGESTION_HOLD: Duration = Duration::from_secs(2);
+
+/// How long after a receiver report with loss no probing happens.
+const LOSS_HOLD: Duration = Duration::from_secs(1);
+
+/// A receiver report whose fraction lost is at least this shows loss (0.02 = 2 %: about one
+/// video packet in a second of the lowest layer; a 1/256 step of the report's 8-bit fraction is
+/// noise).
+const LOSSY_FRACTION: f32 = 0.02;
 
 /// Time between two probes of a constrained connection. A probe needs the desired rate to rise
 /// above what it was (str0m's allocation probes fire on increases only), so [`Downlink::targets`]
@@ -33,11 +46,17 @@ const PROBE_HEADROOM: f64 = 1.3;
 /// How far the estimate must cover the preferred layers' bitrate to end the constraint.
 const RELEASE_HEADROOM: f64 = 1.15;
 
-/// An estimator is restarted only after the subscriber reported no loss for this long (a link
-/// still narrow keeps losing, and restarting into it would overfill it with probes), and at most
-/// once per [`RESET_INTERVAL`].
-const LOSS_QUIET: Duration = Duration::from_millis(1000);
+/// An estimator is restarted at most once per this interval, and only when probing is allowed
+/// (never within [`LOSS_HOLD`] of loss: a link still narrow keeps losing, and restarting into it
+/// would overfill it with probes).
 const RESET_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A probe that left the estimate below this factor of its value at the previous probe failed.
+const STAGNANT_GROWTH: f64 = 1.1;
+
+/// Longest wait between two restarts of an estimator that stagnates without loss: the wait
+/// doubles from [`RESET_INTERVAL`] after each such restart that did not end the constraint.
+const MAX_STAGNANT_INTERVAL: Duration = Duration::from_secs(8);
 
 /// How long a rate must have been sent before an estimate below it counts as congestion.
 const SENDING_WINDOW: Duration = Duration::from_secs(2);
@@ -69,32 +88,36 @@ pub(crate) struct Downlink {
     sending: VecDeque<(Instant, u64)>,
     /// Layers fit the estimate until it covers the preferred ones again.
     constrained: bool,
-    /// No probing before this (the last congestion plus [`CONGESTION_HOLD`]).
+    /// No probing before this (the congestion that constrained the connection plus
+    /// [`CONGESTION_HOLD`]).
     hold_until: Option<Instant>,
     /// When the last probe was asked for.
     last_probe: Option<Instant>,
-    /// When the subscriber last reported loss (NACKs).
+    /// When the subscriber last reported loss (a receiver report at or above [`LOSSY_FRACTION`]).
     last_loss: Option<Instant>,
     /// When the estimator was last restarted.
     last_reset: Option<Instant>,
+    /// The estimate when the last probe was asked for, bit/s.
+    probed_estimate: Option<u64>,
+    /// Wait between restarts of a stagnating estimator ([`RESET_INTERVAL`] doubling to
+    /// [`MAX_STAGNANT_INTERVAL`]); zero until the first such restart of a constraint.
+    stagnant_interval: Duration,
 }
 
 impl Downlink {
     /// Takes a new estimate (bit/s). Returns `true` when it shows congestion: it fell by more
-    /// than 5 % and below 90 % of the rate sent. Congestion constrains the connection and starts
-    /// the hold; once constrained, only congestion within [`PROBE_INTERVAL`] of a probe starts it
-    /// again.
+    /// than 5 % and below 90 % of the rate sent. Congestion of an unconstrained connection
+    /// constrains it and starts the hold ([`CONGESTION_HOLD`]); once constrained, what holds
+    /// probing back is reported loss ([`Downlink::on_loss_report`]), not a sinking estimate.
     pub(crate) fn on_estimate(&mut self, now: Instant, estimate: u64) -> bool {
         let previous = self.estimate.replace(estimate);
         let congested = previous.is_some_and(|p| (estimate as f64) < p as f64 * CONGESTION_DROP)
             && (estimate as f64) < self.sustained_rate() as f64 * CONGESTION_SENT_FRACTION;
-        if congested {
-            let after_probe = self
-                .last_probe
-                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_INTERVAL);
-            if !self.constrained || after_probe {
-                self.hold_until = Some(now + CONGESTION_HOLD);
-            }
+        if congested && !self.constrained {
+            self.hold_until = Some(now + CONGESTION_HOLD);
+            self.last_probe = None;
+            self.probed_estimate = None;
+            self.stagnant_interval = Duration::ZERO;
             self.constrained = true;
         }
         congested
@@ -106,9 +129,12 @@ impl Downlink {
         self.sending.iter().map(|(_, r)| *r).min().unwrap_or(0)
     }
 
-    /// The subscriber reported loss (NACKs) at `now`.
-    pub(crate) fn on_loss(&mut self, now: Instant) {
-        self.last_loss = Some(now);
+    /// The subscriber's receiver report at `now` says it lost `fraction_lost` (0.0–1.0) of the
+    /// packets of one of its m-lines since its previous report (RFC 3550 §6.4.1).
+    pub(crate) fn on_loss_report(&mut self, now: Instant, fraction_lost: f32) {
+        if fraction_lost >= LOSSY_FRACTION {
+            self.last_loss = Some(now);
+        }
     }
 
     /// Latest estimate, bit/s.
@@ -130,10 +156,17 @@ impl Downlink {
         }
     }
 
-    /// Given the rate the chosen layers send (`current`) and the rate of the preferred layers
-    /// (`desired`), both bit/s, updates the state and returns the targets for the estimator. Call
-    /// about once a second.
-    pub(crate) fn targets(&mut self, now: Instant, current: u64, desired: u64) -> BitrateTargets {
+    /// Given the video rate the chosen layers send (`current`), the rate of the lowest layers
+    /// (`floor`: what is sent however narrow the link) and the rate of the preferred layers
+    /// (`desired`), all bit/s, updates the state and returns the targets for the estimator. Call
+    /// at least twice per [`PROBE_INTERVAL`].
+    pub(crate) fn targets(
+        &mut self,
+        now: Instant,
+        current: u64,
+        floor: u64,
+        desired: u64,
+    ) -> BitrateTargets {
         self.sending.push_back((now, current));
         while self
             .sending
@@ -151,46 +184,68 @@ impl Downlink {
             self.constrained = false;
             self.last_probe = None;
         }
+        // Keep the desired rate at what is sent, so that the next raise is an increase.
+        let steady = BitrateTargets {
+            minimum: current,
+            desired: current,
+            reset: None,
+        };
         if !self.constrained {
-            return BitrateTargets {
-                minimum: current,
-                desired,
-                reset: None,
-            };
+            return BitrateTargets { desired, ..steady };
         }
-        let holding = self.hold_until.is_some_and(|t| now < t);
+        let in_hold = self.hold_until.is_some_and(|t| now < t);
         let probe_due = self
             .last_probe
             .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_INTERVAL);
-        if holding || !probe_due {
-            // Keep the desired rate at what is sent, so that the next raise is an increase.
-            return BitrateTargets {
-                minimum: current,
-                desired: current,
-                reset: None,
-            };
+        if in_hold || !probe_due {
+            return steady;
         }
-        self.last_probe = Some(now);
-        // An estimate below what the link carries now, with no loss reported any more, is stuck
-        // in the estimator's loss-limited state, in which str0m makes no probes: start it again
-        // from the rate carried, so that its initial probes (3x and 6x) find out whether the link
-        // recovered.
-        let quiet = self
+        let lossy = self
             .last_loss
-            .is_none_or(|t| now.saturating_duration_since(t) >= LOSS_QUIET);
-        let reset_due = self
+            .is_some_and(|t| now.saturating_duration_since(t) < LOSS_HOLD);
+        // An estimate below what is sent is stuck in the estimator's loss-limited state, in which
+        // str0m makes no probes and paces below the media rate (its queue then grows until it is
+        // drained in bursts): restart it from the rate sent, so that its initial probes (3x and
+        // 6x, at most twice the desired rate) find out whether the link recovered. Not while the
+        // subscriber reports loss, unless it gets the lowest layers already: it gets them however
+        // narrow the link is, and a starving pacer only makes their loss worse.
+        let at_floor = current <= floor;
+        let since_reset = self
             .last_reset
-            .is_none_or(|t| now.saturating_duration_since(t) >= RESET_INTERVAL);
-        let reset = (quiet
-            && reset_due
+            .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+        let stuck = self
+            .estimate
+            .is_some_and(|e| (e as f64) < current as f64 * CONGESTION_SENT_FRACTION);
+        // An estimate that the last probe did not lift, with no loss, is held back by str0m's
+        // loss controller (which blocks probing while it recovers, for many seconds at the
+        // packet rate of the lowest layers): restart it from its value so that its initial probes
+        // go above it. A link still narrow fails those probes too, so such restarts back off.
+        let stagnant = !lossy
             && self
                 .estimate
-                .is_some_and(|e| (e as f64) < current as f64 * CONGESTION_SENT_FRACTION))
-        .then_some(current);
+                .zip(self.probed_estimate)
+                .is_some_and(|(e, p)| (e as f64) < p as f64 * STAGNANT_GROWTH)
+            && since_reset >= self.stagnant_interval.max(RESET_INTERVAL);
+        let reset = if stuck && since_reset >= RESET_INTERVAL && (!lossy || at_floor) {
+            Some(current)
+        } else if stagnant {
+            self.stagnant_interval =
+                (self.stagnant_interval * 2).clamp(RESET_INTERVAL, MAX_STAGNANT_INTERVAL);
+            self.estimate.map(|e| e.max(current))
+        } else {
+            None
+        };
         if let Some(rate) = reset {
             self.estimate = Some(rate);
             self.last_reset = Some(now);
         }
+        if lossy {
+            // No probing into a link that is losing packets (a restart at the floor probes up to
+            // twice what is sent only).
+            return BitrateTargets { reset, ..steady };
+        }
+        self.last_probe = Some(now);
+        self.probed_estimate = self.estimate;
         BitrateTargets {
             minimum: current,
             desired: (desired as f64 * PROBE_HEADROOM) as u64,
@@ -211,7 +266,7 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Downlink::default();
         assert!(!d.on_estimate(t0, 1_500_000));
-        let t = d.targets(t0, 150_000, 2_000_000);
+        let t = d.targets(t0, 150_000, 0, 2_000_000);
         assert_eq!(t.desired, 2_000_000);
         assert_eq!(t.minimum, 150_000);
         assert_eq!(d.budget(), None);
@@ -225,40 +280,47 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Downlink::default();
         d.on_estimate(t0, 2_500_000);
-        d.targets(t0, 2_000_000, 2_000_000);
+        d.targets(t0, 2_000_000, 0, 2_000_000);
         assert!(d.on_estimate(t0 + S, 400_000));
         assert_eq!(d.budget(), Some(400_000));
         // Held: the desired rate is what is sent, no probe.
-        let t = d.targets(t0 + S, 150_000, 2_000_000);
+        let t = d.targets(t0 + S, 150_000, 0, 2_000_000);
         assert_eq!(t.desired, 150_000);
-        let t = d.targets(t0 + 2 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 2 * S, 150_000, 0, 2_000_000);
         assert_eq!(t.desired, 150_000);
         // After the hold: a probe above the preferred rate, back down to re-arm, probe again.
-        let t = d.targets(t0 + 3 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 3 * S, 150_000, 0, 2_000_000);
         assert_eq!(t.desired, 2_600_000);
-        let t = d.targets(t0 + 3 * S + H, 150_000, 2_000_000);
+        let t = d.targets(t0 + 3 * S + H, 150_000, 0, 2_000_000);
         assert_eq!(t.desired, 150_000);
-        let t = d.targets(t0 + 4 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 4 * S, 150_000, 0, 2_000_000);
         assert_eq!(t.desired, 2_600_000);
         assert!(d.is_constrained());
     }
 
     #[test]
-    fn congestion_after_a_probe_restarts_the_hold() {
+    fn loss_after_a_probe_holds_probing_back_but_a_sinking_estimate_does_not() {
         let t0 = Instant::now();
         let mut d = Downlink::default();
         d.on_estimate(t0, 2_500_000);
-        d.targets(t0, 2_000_000, 2_000_000);
+        d.targets(t0, 2_000_000, 0, 2_000_000);
         assert!(d.on_estimate(t0 + S, 400_000));
-        d.targets(t0 + 3 * S, 150_000, 2_000_000);
-        // The probe overfilled a link still narrow.
+        let t = d.targets(t0 + 3 * S, 150_000, 0, 2_000_000);
+        assert_eq!(t.desired, 2_600_000, "the first probe after the hold");
+        // The estimate sinks after the probe (the estimator settling), without loss: no hold.
         assert!(d.on_estimate(t0 + 3 * S + H, 120_000));
-        let t = d.targets(t0 + 5 * S, 150_000, 2_000_000);
-        assert_eq!(
-            t.desired, 150_000,
-            "still within the hold restarted at 3.5 s"
-        );
-        let t = d.targets(t0 + 5 * S + H + H, 150_000, 2_000_000);
+        d.targets(t0 + 3 * S + H, 150_000, 0, 2_000_000);
+        let t = d.targets(t0 + 4 * S, 150_000, 0, 2_000_000);
+        assert_eq!(t.desired, 2_600_000, "probing every second");
+        // The probe overfilled a link still narrow: the subscriber reports 5 % loss.
+        d.on_loss_report(t0 + 4 * S + H, 0.05);
+        let t = d.targets(t0 + 5 * S, 150_000, 0, 2_000_000);
+        assert_eq!(t.desired, 150_000, "within 1 s of the loss");
+        let t = d.targets(t0 + 5 * S + H, 150_000, 0, 2_000_000);
+        assert_eq!(t.desired, 2_600_000, "1 s after the loss");
+        // A report under 2 % (one packet in a hundred) is no loss.
+        d.on_loss_report(t0 + 6 * S + H, 0.01);
+        let t = d.targets(t0 + 6 * S + H, 150_000, 0, 2_000_000);
         assert_eq!(t.desired, 2_600_000);
     }
 
@@ -267,13 +329,13 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Downlink::default();
         d.on_estimate(t0, 2_500_000);
-        d.targets(t0, 2_000_000, 2_000_000);
+        d.targets(t0, 2_000_000, 0, 2_000_000);
         assert!(d.on_estimate(t0 + S, 400_000));
-        d.targets(t0 + S, 150_000, 2_000_000);
+        d.targets(t0 + S, 150_000, 0, 2_000_000);
         // The estimate keeps sinking during the hold: the hold still ends at 3 s.
         assert!(d.on_estimate(t0 + 2 * S, 120_000));
         assert!(d.on_estimate(t0 + 2 * S + H, 100_000));
-        let t = d.targets(t0 + 3 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 3 * S, 150_000, 0, 2_000_000);
         assert_eq!(t.desired, 2_600_000);
     }
 
@@ -282,28 +344,78 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Downlink::default();
         d.on_estimate(t0, 2_500_000);
-        d.targets(t0, 2_000_000, 2_000_000);
+        d.targets(t0, 2_000_000, 0, 2_000_000);
         assert!(d.on_estimate(t0 + S, 400_000));
-        d.targets(t0 + S, 150_000, 2_000_000);
+        d.targets(t0 + S, 150_000, 0, 2_000_000);
         d.on_estimate(t0 + 2 * S, 60_000);
-        let t = d.targets(t0 + 3 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 3 * S, 150_000, 0, 2_000_000);
         assert_eq!(t.reset, Some(150_000));
         assert_eq!(t.desired, 2_600_000);
         assert_eq!(d.budget(), Some(150_000));
         // No restart while the estimate covers what is sent.
         d.on_estimate(t0 + 3 * S + H, 200_000);
-        let t = d.targets(t0 + 4 * S, 150_000, 2_000_000);
+        let t = d.targets(t0 + 4 * S, 150_000, 0, 2_000_000);
         assert_eq!(t.reset, None);
         // Nor while the subscriber reports loss, nor more often than every 2 s.
         d.on_estimate(t0 + 5 * S, 60_000);
-        d.on_loss(t0 + 5 * S);
-        let t = d.targets(t0 + 5 * S + H, 150_000, 2_000_000);
+        d.on_loss_report(t0 + 5 * S, 0.1);
+        let t = d.targets(t0 + 5 * S + H, 150_000, 0, 2_000_000);
         assert_eq!(t.reset, None, "loss 0.5 s ago");
-        let t = d.targets(t0 + 6 * S + H, 150_000, 2_000_000);
-        assert_eq!(t.reset, Some(150_000), "quiet for 1.5 s");
+        let t = d.targets(t0 + 6 * S + H, 150_000, 0, 2_000_000);
+        assert_eq!(t.reset, Some(150_000), "no loss for 1.5 s");
         d.on_estimate(t0 + 7 * S, 60_000);
-        let t = d.targets(t0 + 7 * S + H, 150_000, 2_000_000);
+        let t = d.targets(t0 + 7 * S + H, 150_000, 0, 2_000_000);
         assert_eq!(t.reset, None, "1 s after the last restart");
+    }
+
+    #[test]
+    fn a_starving_estimate_at_the_lowest_layers_is_restarted_despite_loss_without_probing() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 2_500_000);
+        d.targets(t0, 2_000_000, 150_000, 2_000_000);
+        assert!(d.on_estimate(t0 + S, 400_000));
+        d.on_estimate(t0 + 2 * S, 60_000);
+        d.on_loss_report(t0 + 3 * S, 0.3);
+        // On a higher layer than the lowest: loss holds everything back.
+        let t = d.targets(t0 + 3 * S + H, 300_000, 150_000, 2_000_000);
+        assert_eq!((t.reset, t.desired), (None, 300_000));
+        // On the lowest layers: restarted from their rate, no probe for the preferred layers.
+        let t = d.targets(t0 + 3 * S + H, 150_000, 150_000, 2_000_000);
+        assert_eq!((t.reset, t.desired), (Some(150_000), 150_000));
+        assert_eq!(d.budget(), Some(150_000));
+    }
+
+    #[test]
+    fn a_stagnant_estimate_without_loss_is_restarted_from_its_value_with_backoff() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 2_500_000);
+        d.targets(t0, 2_000_000, 150_000, 2_000_000);
+        assert!(d.on_estimate(t0 + S, 400_000));
+        // Probes after the hold that do not lift the estimate (400 kbit/s, over the 150 sent).
+        let mut restarts = vec![];
+        for half in 6..60u32 {
+            let now = t0 + H * half;
+            if let Some(rate) = d.targets(now, 150_000, 150_000, 2_000_000).reset {
+                restarts.push((half, rate));
+            }
+        }
+        // The first probe at 3 s sets the reference; restarts at 4 s, then 2, 4, 8, 8 s apart.
+        assert_eq!(
+            restarts,
+            vec![
+                (8, 400_000),
+                (12, 400_000),
+                (20, 400_000),
+                (36, 400_000),
+                (52, 400_000)
+            ]
+        );
+        // A probe that lifts the estimate by 10 % or more is no stagnation.
+        d.on_estimate(t0 + H * 60, 600_000);
+        let t = d.targets(t0 + H * 70, 150_000, 150_000, 2_000_000);
+        assert_eq!(t.reset, None);
     }
 
     #[test]
@@ -311,16 +423,16 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Downlink::default();
         d.on_estimate(t0, 500_000);
-        d.targets(t0, 150_000, 2_000_000);
-        d.targets(t0 + H, 150_000, 2_000_000);
+        d.targets(t0, 150_000, 0, 2_000_000);
+        d.targets(t0 + H, 150_000, 0, 2_000_000);
         // Switched up: the estimator has not seen 1.5 Mbit/s yet.
-        d.targets(t0 + S, 1_500_000, 2_000_000);
+        d.targets(t0 + S, 1_500_000, 0, 2_000_000);
         assert!(!d.on_estimate(t0 + S + H, 450_000));
         assert!(!d.is_constrained());
         // Sent for the whole window and the estimate still falls: congestion.
-        d.targets(t0 + 2 * S, 1_500_000, 2_000_000);
-        d.targets(t0 + 3 * S, 1_500_000, 2_000_000);
-        d.targets(t0 + 3 * S + H, 1_500_000, 2_000_000);
+        d.targets(t0 + 2 * S, 1_500_000, 0, 2_000_000);
+        d.targets(t0 + 3 * S, 1_500_000, 0, 2_000_000);
+        d.targets(t0 + 3 * S + H, 1_500_000, 0, 2_000_000);
         assert!(d.on_estimate(t0 + 3 * S + H, 400_000));
     }
 
@@ -329,13 +441,13 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Downlink::default();
         d.on_estimate(t0, 2_500_000);
-        d.targets(t0, 2_000_000, 2_000_000);
+        d.targets(t0, 2_000_000, 0, 2_000_000);
         assert!(d.on_estimate(t0 + S, 300_000));
         // A successful probe lifts the estimate in steps: the budget follows it.
         assert!(!d.on_estimate(t0 + 4 * S, 900_000));
         assert_eq!(d.budget(), Some(900_000));
         assert!(!d.on_estimate(t0 + 5 * S, 2_400_000));
-        let t = d.targets(t0 + 5 * S, 500_000, 2_000_000);
+        let t = d.targets(t0 + 5 * S, 500_000, 0, 2_000_000);
         assert!(!d.is_constrained());
         assert_eq!(d.budget(), None);
         assert_eq!(t.desired, 2_000_000);
@@ -345,7 +457,7 @@ mod tests {
     fn estimate_below_what_is_sent_but_not_falling_is_not_congestion() {
         let t0 = Instant::now();
         let mut d = Downlink::default();
-        d.targets(t0, 1_000_000, 1_000_000);
+        d.targets(t0, 1_000_000, 0, 1_000_000);
         assert!(!d.on_estimate(t0, 500_000));
         assert!(!d.on_estimate(t0 + S, 490_000));
         assert!(!d.is_constrained());

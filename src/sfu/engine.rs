@@ -758,7 +758,7 @@ impl Sfu {
             return;
         }
         for p in self.participants.values_mut() {
-            let (mut current, mut desired) = (0u64, 0u64);
+            let (mut current, mut floor, mut desired) = (0u64, 0u64, 0u64);
             for (track, preferred, layer) in p.video_subscriptions() {
                 let Some(views) = layers.get(&track) else {
                     continue;
@@ -768,13 +768,19 @@ impl Sfu {
                         .map_or(0, |v| v.bitrate)
                 };
                 current += rate(layer);
+                floor += views
+                    .iter()
+                    .map(|v| v.bitrate)
+                    .filter(|&b| b > 0)
+                    .min()
+                    .unwrap_or(0);
                 desired += rate(super::simulcast::select(views, preferred, None, None));
             }
             if desired > 0 {
-                debug!(participant = ?p.label(), current, desired,
+                debug!(participant = ?p.label(), current, floor, desired,
                     estimate = ?p.egress_estimate(), constrained = p.is_constrained(),
                     "bitrate targets");
-                p.set_bitrate_targets(now, current, desired);
+                p.set_bitrate_targets(now, current, floor, desired);
                 p.drain(now, &mut self.out);
             }
         }

@@ -888,13 +888,20 @@ impl Participant {
             .map(|s| (s.track, s.preferred, s.current))
     }
 
-    /// Tells str0m's bandwidth estimator the rate sent now (`current`, bit/s) and the rate the
-    /// preferred layers need (`desired`, bit/s); [`Downlink`] decides what to probe for.
-    pub(crate) fn set_bitrate_targets(&mut self, now: Instant, current: u64, desired: u64) {
+    /// Tells str0m's bandwidth estimator the video rate sent now (`current`), the rate of the
+    /// lowest layers (`floor`) and the rate the preferred layers need (`desired`), all bit/s;
+    /// [`Downlink`] decides what to probe for.
+    pub(crate) fn set_bitrate_targets(
+        &mut self,
+        now: Instant,
+        current: u64,
+        floor: u64,
+        desired: u64,
+    ) {
         if self.failure.is_some() {
             return;
         }
-        let targets = self.downlink.targets(now, current, desired);
+        let targets = self.downlink.targets(now, current, floor, desired);
         if let Some(rate) = targets.reset {
             debug!(participant = %self.id, rate, "bandwidth estimator restarted");
             self.rtc.bwe().reset(Bitrate::bps(rate));
@@ -1082,8 +1089,10 @@ impl Participant {
                 let (nacks, plis) =
                     self.feedback_delta((s.mid, s.rid, true), s.nacks, s.plis + s.firs);
                 if nacks > 0 {
-                    debug!(participant = %self.id, mid = %s.mid, nacks, packets = s.packets, "egress NACKs");
-                    self.downlink.on_loss(now);
+                    debug!(participant = %self.id, mid = %s.mid, nacks, packets = s.packets, loss = ?s.loss, "egress NACKs");
+                }
+                if let Some(fraction_lost) = s.loss {
+                    self.downlink.on_loss_report(now, fraction_lost);
                 }
                 out.stats.nacks_received += nacks;
                 out.stats.plis_received += plis;

@@ -193,14 +193,15 @@ async function aliceFlow() {
 }
 
 // How the SFU gets there is in sfu::downlink: the estimate caps layers once it showed congestion; after a 2 s hold a
-// probe every second, and an estimator stuck in its loss-limited state below what the link carries is restarted from
-// that rate (after 1 s without NACKs) so that its initial probes find the recovered link. Measured on the 2-core
-// machine: back on the top layer 5.2, 5.4, 7.0, 9.1 s after the lift (9.7 s beside a cargo build): inside the 10 s
-// wanted, but without the margin a CI gate needs, so this stays `todo` (it still runs and prints its timings). The
-// wait is str0m's estimator: the subscriber keeps NACKing for ~2.5 s after the lift, and each sinking estimate
-// within 1 s of a probe renews the 2 s hold. Next lever: a NACK ratio instead of "no NACK", and a shorter
-// probe-caused window in Downlink::on_estimate.
-test("bandwidth: a subscriber limited to 300 kbit/s gets the lowest layer, and climbs back when the limit is lifted", { timeout: 240000, todo: "climb-back measured 5.2–9.7 s: inside 10 s but not with a CI-safe margin" }, async () => {
+// probe every second unless the subscriber's receiver reports show loss; an estimator below the rate sent (str0m's
+// loss-limited state: no probes, pacing below the media rate) is restarted from that rate, and one that probes do
+// not lift is restarted from its value, with backoff. Measured on the 2-core machine beside two cargo builds (load
+// 4+): back on the top layer 4.5, 5.5, 7.2, 7.4, 8.1, 8.5, 9.0 s after the lift; under the cap, 2.8–20 frames/s
+// decoded on the lowest layer and twice fewer than 20 frames in 8 s: the frames of the larger layer queued in str0m's
+// pacer before the switch down drain into the narrow link for 3–5 s (receiver reports 40–70 % loss), and str0m has
+// no call to drop them. Without a CI-safe margin on either half, this stays `todo` (it still runs and prints its
+// timings).
+test("bandwidth: a subscriber limited to 300 kbit/s gets the lowest layer, and climbs back when the limit is lifted", { timeout: 240000, todo: "climb-back 4.5–9.0 s and decoding under the cap not robust on a shared 2-core machine" }, async () => {
   await ensureCall();
   const [pub, alice, bob] = people;
   const flow = await aliceFlow();
