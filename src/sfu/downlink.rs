@@ -58,6 +58,12 @@ const STAGNANT_GROWTH: f64 = 1.1;
 /// doubles from [`RESET_INTERVAL`] after each such restart that did not end the constraint.
 const MAX_STAGNANT_INTERVAL: Duration = Duration::from_secs(8);
 
+/// A packet waiting this long in str0m's pacer queue of a video m-line, in two samples in a row,
+/// is congestion: the pacer sends at about the estimate, so the layers send more than the
+/// estimate allows, and every frame queued now drains into the narrow link later. (One sample
+/// may be a large keyframe being paced out.)
+const QUEUE_CONGESTION: Duration = Duration::from_millis(300);
+
 /// How long a rate must have been sent before an estimate below it counts as congestion.
 const SENDING_WINDOW: Duration = Duration::from_secs(2);
 
@@ -99,6 +105,8 @@ pub(crate) struct Downlink {
     last_reset: Option<Instant>,
     /// The estimate when the last probe was asked for, bit/s.
     probed_estimate: Option<u64>,
+    /// Whether the previous pacer queue sample was at least [`QUEUE_CONGESTION`].
+    queue_delayed: bool,
     /// Wait between restarts of a stagnating estimator ([`RESET_INTERVAL`] doubling to
     /// [`MAX_STAGNANT_INTERVAL`]); zero until the first such restart of a constraint.
     stagnant_interval: Duration,
@@ -114,11 +122,7 @@ impl Downlink {
         let congested = previous.is_some_and(|p| (estimate as f64) < p as f64 * CONGESTION_DROP)
             && (estimate as f64) < self.sustained_rate() as f64 * CONGESTION_SENT_FRACTION;
         if congested && !self.constrained {
-            self.hold_until = Some(now + CONGESTION_HOLD);
-            self.last_probe = None;
-            self.probed_estimate = None;
-            self.stagnant_interval = Duration::ZERO;
-            self.constrained = true;
+            self.constrain(now);
         }
         congested
     }
@@ -127,6 +131,29 @@ impl Downlink {
     /// up the estimator has not seen the new rate yet, and an estimate below it is no congestion.
     fn sustained_rate(&self) -> u64 {
         self.sending.iter().map(|(_, r)| *r).min().unwrap_or(0)
+    }
+
+    /// The oldest packet queued in str0m's pacer for one of its video m-lines has waited `delay`
+    /// at `now` (sampled with each [`Downlink::targets`]). Returns `true` when that makes an
+    /// unconstrained connection congested (at least [`QUEUE_CONGESTION`] in this sample and the
+    /// previous one): the estimate caps its layers from now on, and the hold starts. An
+    /// estimate that lags behind a rate just switched up to ([`SENDING_WINDOW`]) is no excuse
+    /// here: the queue grows whatever the reason.
+    pub(crate) fn on_queue_delay(&mut self, now: Instant, delay: Duration) -> bool {
+        let delayed = std::mem::replace(&mut self.queue_delayed, delay >= QUEUE_CONGESTION);
+        if self.constrained || !delayed || !self.queue_delayed || self.estimate.is_none() {
+            return false;
+        }
+        self.constrain(now);
+        true
+    }
+
+    fn constrain(&mut self, now: Instant) {
+        self.hold_until = Some(now + CONGESTION_HOLD);
+        self.last_probe = None;
+        self.probed_estimate = None;
+        self.stagnant_interval = Duration::ZERO;
+        self.constrained = true;
     }
 
     /// The subscriber's receiver report at `now` says it lost `fraction_lost` (0.0–1.0) of the
@@ -416,6 +443,28 @@ mod tests {
         d.on_estimate(t0 + H * 60, 600_000);
         let t = d.targets(t0 + H * 70, 150_000, 150_000, 2_000_000);
         assert_eq!(t.reset, None);
+    }
+
+    #[test]
+    fn a_backed_up_pacer_queue_is_congestion_even_right_after_a_switch_up() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 500_000);
+        d.targets(t0, 150_000, 150_000, 2_000_000);
+        d.targets(t0 + S, 1_500_000, 150_000, 2_000_000);
+        assert!(!d.on_queue_delay(t0 + S, Duration::from_millis(400)));
+        assert!(!d.on_queue_delay(t0 + S + H, Duration::from_millis(200)));
+        assert!(!d.on_queue_delay(t0 + 2 * S, Duration::from_millis(400)));
+        assert!(
+            !d.is_constrained(),
+            "one sample at a time: a keyframe being paced out"
+        );
+        assert!(d.on_queue_delay(t0 + 2 * S + H, Duration::from_millis(600)));
+        assert_eq!(d.budget(), Some(500_000));
+        // Once constrained, the queue changes nothing more (the hold is not renewed by it).
+        assert!(!d.on_queue_delay(t0 + 3 * S, Duration::from_secs(1)));
+        let t = d.targets(t0 + 4 * S + H, 150_000, 150_000, 2_000_000);
+        assert_eq!(t.desired, 2_600_000, "probing after the 2 s hold");
     }
 
     #[test]

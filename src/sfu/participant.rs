@@ -901,6 +901,31 @@ impl Participant {
         if self.failure.is_some() {
             return;
         }
+        let queued = self
+            .subscriptions
+            .iter()
+            .filter(|s| s.kind.is_video())
+            .filter_map(|s| match s.state {
+                OutState::Open(mid) => Some(mid),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|mid| {
+                let mut api = self.rtc.direct_api();
+                let first = api
+                    .stream_tx_by_mid(mid, None)?
+                    .queue_info()?
+                    .first_unsent()?;
+                Some(now.saturating_duration_since(first))
+            })
+            .max();
+        if let Some(delay) = queued
+            && self.downlink.on_queue_delay(now, delay)
+        {
+            debug!(participant = %self.id, delay_ms = delay.as_millis() as u64,
+                estimate = ?self.downlink.estimate(), "downlink congested: pacer queue");
+        }
         let targets = self.downlink.targets(now, current, floor, desired);
         if let Some(rate) = targets.reset {
             debug!(participant = %self.id, rate, "bandwidth estimator restarted");
