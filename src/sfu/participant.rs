@@ -1117,6 +1117,9 @@ impl Participant {
                     debug!(participant = %self.id, mid = %s.mid, nacks, packets = s.packets, loss = ?s.loss, "egress NACKs");
                 }
                 if let Some(fraction_lost) = s.loss {
+                    if fraction_lost > 0.0 && nacks == 0 {
+                        debug!(participant = %self.id, mid = %s.mid, fraction_lost, "egress loss reported");
+                    }
                     self.downlink.on_loss_report(now, fraction_lost);
                 }
                 out.stats.nacks_received += nacks;
