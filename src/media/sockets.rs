@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use super::{MediaConfig, MediaError};
 
-/// One bound socket and the address the SFU knows it by.
+/// One bound socket of a worker and the address the SFU knows it by.
 #[derive(Debug)]
 pub(crate) struct MediaSocket {
     pub(crate) socket: UdpSocket,
@@ -19,33 +19,51 @@ pub(crate) struct MediaSocket {
     pub(crate) advertised: SocketAddr,
 }
 
-/// Binds the sockets `config` asks for.
+/// A socket bound (non-blocking) but not yet registered with a runtime: workers bind in the
+/// caller's thread, so that errors are reported by `start`, and register in their own runtime.
+#[derive(Debug)]
+pub(crate) struct BoundSocket {
+    socket: std::net::UdpSocket,
+    pub(crate) local: SocketAddr,
+    pub(crate) advertised: SocketAddr,
+}
+
+impl BoundSocket {
+    /// Registers the socket with the runtime of the calling context.
+    ///
+    /// # Errors
+    /// When the runtime's reactor refuses it.
+    pub(crate) fn register(self) -> io::Result<MediaSocket> {
+        Ok(MediaSocket {
+            socket: UdpSocket::from_std(self.socket)?,
+            local: self.local,
+            advertised: self.advertised,
+        })
+    }
+}
+
+/// Binds the sockets of one worker on `port`.
 ///
-/// Without `public_ip`: one socket per usable interface address (see [`host_candidate_ips`]), all on
-/// the same port; port 0 lets the first bind choose it. An address that fails to bind is skipped with
-/// a warning. With `public_ip`: one wildcard socket, advertised as `public_ip:port`.
+/// Without `config.public_ip`: one socket per usable interface address (see
+/// [`host_candidate_ips`]), all on the same port; port 0 lets the first bind choose it. An address
+/// that fails to bind is skipped with a warning. With `public_ip`: one wildcard socket, advertised
+/// as `public_ip:port`.
 ///
 /// # Errors
 /// [`MediaError::Interfaces`] if the interfaces cannot be listed; [`MediaError::Bind`] if no socket
 /// could be bound.
-pub(crate) async fn bind(config: &MediaConfig) -> Result<Vec<MediaSocket>, MediaError> {
+pub(crate) fn bind(config: &MediaConfig, port: u16) -> Result<Vec<BoundSocket>, MediaError> {
     if let Some(public_ip) = config.public_ip {
         let wildcard = match public_ip {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
-        let requested = SocketAddr::new(wildcard, config.port);
-        let socket = UdpSocket::bind(requested)
-            .await
-            .map_err(|source| MediaError::Bind {
-                addr: requested,
-                source,
-            })?;
-        let local = socket.local_addr().map_err(|source| MediaError::Bind {
+        let requested = SocketAddr::new(wildcard, port);
+        let (socket, local) = bind_one(requested).map_err(|source| MediaError::Bind {
             addr: requested,
             source,
         })?;
-        return Ok(vec![MediaSocket {
+        return Ok(vec![BoundSocket {
             socket,
             local,
             advertised: SocketAddr::new(public_ip, local.port()),
@@ -54,16 +72,16 @@ pub(crate) async fn bind(config: &MediaConfig) -> Result<Vec<MediaSocket>, Media
 
     let interfaces = if_addrs::get_if_addrs().map_err(MediaError::Interfaces)?;
     let ips = host_candidate_ips(interfaces.iter().map(if_addrs::Interface::ip));
-    let mut port = config.port;
+    let mut port = port;
     let mut sockets = Vec::with_capacity(ips.len());
     let mut last_error = None;
     for ip in ips {
         let requested = SocketAddr::new(ip, port);
-        match bind_one(requested).await {
+        match bind_one(requested) {
             Ok((socket, local)) => {
                 debug!(%local, "media socket bound");
                 port = local.port();
-                sockets.push(MediaSocket {
+                sockets.push(BoundSocket {
                     socket,
                     local,
                     advertised: local,
@@ -82,8 +100,9 @@ pub(crate) async fn bind(config: &MediaConfig) -> Result<Vec<MediaSocket>, Media
     }
 }
 
-async fn bind_one(addr: SocketAddr) -> io::Result<(UdpSocket, SocketAddr)> {
-    let socket = UdpSocket::bind(addr).await?;
+fn bind_one(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
     let local = socket.local_addr()?;
     Ok((socket, local))
 }
