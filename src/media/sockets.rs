@@ -100,12 +100,39 @@ pub(crate) fn bind(config: &MediaConfig, port: u16) -> Result<Vec<BoundSocket>, 
     }
 }
 
+/// Receive buffer asked for on every media socket, bytes: about 1,300 small (audio) datagrams as the kernel counts
+/// them, a few hundred milliseconds of a busy worker's input, so that a worker descheduled for a moment does not
+/// drop datagrams. The kernel caps it at `net.core.rmem_max` (often 208 KiB; raise it with
+/// `sysctl -w net.core.rmem_max=1048576` to get all of it).
+pub(crate) const RECEIVE_BUFFER_BYTES: usize = 1 << 20;
+
 fn bind_one(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
+    grow_receive_buffer(&socket);
     let local = socket.local_addr()?;
     Ok((socket, local))
 }
+
+/// Asks for [`RECEIVE_BUFFER_BYTES`]; the default buffer stays when the kernel refuses.
+#[cfg(target_os = "linux")]
+fn grow_receive_buffer(socket: &std::net::UdpSocket) {
+    use rustix::net::sockopt;
+    if let Err(e) = sockopt::set_socket_recv_buffer_size(socket, RECEIVE_BUFFER_BYTES) {
+        warn!(error = %e, "media socket receive buffer not enlarged");
+        return;
+    }
+    // The kernel reports twice what it grants (it counts its own overhead).
+    if let Ok(granted) = sockopt::socket_recv_buffer_size(socket) {
+        debug!(
+            asked = RECEIVE_BUFFER_BYTES,
+            granted, "media socket receive buffer"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn grow_receive_buffer(_socket: &std::net::UdpSocket) {}
 
 /// The interface addresses worth a socket and a host candidate, deduplicated, in input order, with
 /// `127.0.0.1` added if missing: every IPv4 address but unspecified, link-local (RFC 3927),

@@ -370,6 +370,8 @@ struct Meters {
     reported: SfuStats,
     last_error_log: Option<Instant>,
     suppressed_errors: u64,
+    /// The worker's index, for logs.
+    worker: usize,
 }
 
 impl Meters {
@@ -395,6 +397,7 @@ impl Meters {
             plis_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => w(), "kind" => "pli", "direction" => "sent"),
             reported: SfuStats::default(),
             last_error_log: None,
+            worker: index,
             suppressed_errors: 0,
         }
     }
@@ -448,7 +451,7 @@ impl Meters {
             self.suppressed_errors += 1;
             return;
         }
-        warn!(op, %error, suppressed = self.suppressed_errors, "media socket error");
+        warn!(worker = self.worker, op, %error, suppressed = self.suppressed_errors, "media socket error");
         self.last_error_log = Some(now);
         self.suppressed_errors = 0;
     }
