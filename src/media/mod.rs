@@ -263,10 +263,16 @@ impl MediaHandle {
             placement.release(participant);
             worker
         };
-        if let Some(worker) = worker.and_then(|w| self.workers.get(w))
-            && worker.send(Command::Remove { participant }).is_err()
-        {
-            debug!("media worker stopped; command dropped");
+        // Unplaced (no offer yet, or its first offer failed): a worker may still hold candidates trickled for it,
+        // so every worker is told.
+        let targets = match worker {
+            Some(w) => self.workers.get(w..=w).unwrap_or_default(),
+            None => &self.workers[..],
+        };
+        for worker in targets {
+            if worker.send(Command::Remove { participant }).is_err() {
+                debug!("media worker stopped; command dropped");
+            }
         }
     }
 
