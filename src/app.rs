@@ -122,26 +122,21 @@ impl MediaPlane for MediaAdapter {
         sdp: String,
         tracks: Vec<TrackSpec>,
     ) -> MediaFuture<String> {
-        let h = self.0.clone();
         // The decoder admits only known source names, so parsing cannot fail here; unknown ones are skipped.
         let sources = tracks
             .into_iter()
             .filter_map(|t| Some((t.mid, t.source.parse::<TrackSource>().ok()?)))
             .collect();
-        Box::pin(async move {
-            h.offer(call_id, ParticipantId(participant), label, sdp, sources)
-                .await
-                .map_err(media_failure)
-        })
+        // Sent now, so that candidates trickled after this call reach the participant's worker after it.
+        let offer = self
+            .0
+            .offer(call_id, ParticipantId(participant), label, sdp, sources);
+        Box::pin(async move { offer.await.map_err(media_failure) })
     }
 
     fn answer(&self, participant: MediaParticipant, sdp: String) -> MediaFuture<()> {
-        let h = self.0.clone();
-        Box::pin(async move {
-            h.answer(ParticipantId(participant), sdp)
-                .await
-                .map_err(media_failure)
-        })
+        let answer = self.0.answer(ParticipantId(participant), sdp);
+        Box::pin(async move { answer.await.map_err(media_failure) })
     }
 
     fn add_candidate(&self, participant: MediaParticipant, candidate: String) {
@@ -257,6 +252,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (media, media_task) = crate::media::start(
         MediaConfig {
             port: config.media_port,
+            workers: config.media_workers,
             public_ip: config.public_ip,
         },
         media_tx,

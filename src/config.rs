@@ -19,8 +19,11 @@ pub struct Config {
     pub https_port: u16,
     /// Plain HTTP port, bound to 127.0.0.1 only (8080).
     pub http_port: u16,
-    /// Media UDP port for WebRTC (10000).
+    /// Media UDP port for WebRTC (10000): media worker `i` listens on `media_port + i`; 0 lets each worker pick a
+    /// free port.
     pub media_port: u16,
+    /// Media workers, each a thread with its own UDP port and its own rooms (0: one per core, the default).
+    pub media_workers: usize,
     /// Host name or address clients use to reach this server: put in the connection string and the certificate.
     pub public_host: Option<String>,
     /// Public IPv4/IPv6 of a 1:1 NAT (cloud VM): advertised as the media ICE candidate.
@@ -110,6 +113,7 @@ impl Default for Config {
             https_port: 8443,
             http_port: 8080,
             media_port: 10000,
+            media_workers: 0,
             public_host: None,
             public_ip: None,
             tls_cert: None,
@@ -122,6 +126,9 @@ impl Default for Config {
         }
     }
 }
+
+/// Most media workers `media_workers` accepts.
+pub const MAX_MEDIA_WORKERS: usize = 256;
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +150,9 @@ pub struct Overrides {
     /// `--media-port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media_port: Option<u16>,
+    /// `--media-workers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_workers: Option<usize>,
     /// `--public-host`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_host: Option<String>,
@@ -264,6 +274,21 @@ impl Config {
                 self.log_format
             )));
         }
+        if self.media_workers > MAX_MEDIA_WORKERS {
+            return Err(ConfigError(format!(
+                "key `media_workers`: must be 0 (one per core) to {MAX_MEDIA_WORKERS}, got {}",
+                self.media_workers
+            )));
+        }
+        if self.media_port != 0
+            && usize::from(self.media_port) + self.media_workers.max(1) - 1 > usize::from(u16::MAX)
+        {
+            return Err(ConfigError(format!(
+                "keys `media_port` and `media_workers`: ports {}..{} do not fit below 65536",
+                self.media_port,
+                usize::from(self.media_port) + self.media_workers
+            )));
+        }
         self.sip.validate()?;
         if let Some(h) = &self.public_host
             && (h.is_empty() || h.contains('/') || h.contains(' '))
@@ -342,7 +367,39 @@ mod tests {
         assert_eq!(c.https_port, 8443);
         assert_eq!(c.http_port, 8080);
         assert_eq!(c.media_port, 10000);
+        assert_eq!(c.media_workers, 0);
         assert_eq!(c.ring_timeout, 60);
+    }
+
+    #[test]
+    fn media_workers_from_env_and_flags_and_their_port_range() {
+        let e = env(&[("SWITCHBOARD_MEDIA_WORKERS", "3")]);
+        let c = Config::load(None, &e, &Overrides::default()).unwrap();
+        assert_eq!(c.media_workers, 3);
+        let flags = Overrides {
+            media_workers: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(Config::load(None, &e, &flags).unwrap().media_workers, 1);
+        let too_many = Overrides {
+            media_workers: Some(MAX_MEDIA_WORKERS + 1),
+            ..Default::default()
+        };
+        let err = Config::load(None, &[], &too_many).unwrap_err();
+        assert!(err.to_string().contains("media_workers"), "{err}");
+        let past_the_last_port = Overrides {
+            media_port: Some(65534),
+            media_workers: Some(3),
+            ..Default::default()
+        };
+        let err = Config::load(None, &[], &past_the_last_port).unwrap_err();
+        assert!(err.to_string().contains("media_port"), "{err}");
+        let fits = Overrides {
+            media_port: Some(65534),
+            media_workers: Some(2),
+            ..Default::default()
+        };
+        assert!(Config::load(None, &[], &fits).is_ok());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`proto`]: sans-IO protocol cores (signaling messages, tokens, SIP/SDP/RTP/DTMF). No tokio, no sockets, no clock reads.
 //! - `sfu`: sans-IO media core on str0m (rooms, participants, forwarding).
-//! - `media`: IO shell: UDP sockets driving the SFU core, commanded by channel.
+//! - `media`: IO shell: media workers (a thread per core, each with its own UDP port and SFU core, rooms pinned to
+//!   them), commanded by channel.
 //! - `sip`: IO shell of the SIP/PSTN gateway: SIP over UDP/TCP, the user agent, RTP sessions (cores in `proto::sip`).
 //! - `service`: domain logic without HTTP types: store, identities, deployment keys, call control.
 //! - `http`: axum only: router, HMAC auth, REST handlers, WebSocket sessions, static web files.

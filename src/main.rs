@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server: identity API, signaling, SFU, web SDK and calling page.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show or rotate the deployment's access keys.
     Keys {
         #[command(subcommand)]
@@ -48,9 +48,12 @@ struct ServeArgs {
     /// Plain HTTP port, 127.0.0.1 only. [default: 8080]
     #[arg(long)]
     http_port: Option<u16>,
-    /// Media UDP port (WebRTC). [default: 10000]
+    /// Media UDP port (WebRTC) of media worker 0; worker i uses port + i; 0: free ports. [default: 10000]
     #[arg(long)]
     media_port: Option<u16>,
+    /// Media worker threads, each with its own UDP port and rooms; 0: one per core. [default: 0]
+    #[arg(long)]
+    media_workers: Option<usize>,
     /// Host name clients use (connection string, certificate).
     #[arg(long)]
     public_host: Option<String>,
@@ -121,7 +124,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Keys { action } => keys(action),
     }
 }
@@ -132,6 +135,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         https_port: args.https_port,
         http_port: args.http_port,
         media_port: args.media_port,
+        media_workers: args.media_workers,
         public_host: args.public_host,
         public_ip: args.public_ip,
         tls_cert: args.tls_cert,

@@ -1,6 +1,7 @@
 //! The media IO shell on real UDP sockets: `media::start` on every interface (port 0), two str0m
 //! clients on `127.0.0.1` sockets, a 1:1 call through it (a room of two: each client offers its own
-//! sendonly m-lines and answers the server's offer carrying the other's tracks).
+//! sendonly m-lines and answers the server's offer carrying the other's tracks); with two workers,
+//! two rooms on two ports.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -125,6 +126,7 @@ async fn one_to_one_call_over_udp_on_every_interface() {
     let config = MediaConfig {
         port: 0,
         public_ip: None,
+        workers: 1,
     };
     call_through(config, |handle| {
         let addrs = handle.local_addrs();
@@ -147,6 +149,7 @@ async fn one_to_one_call_over_udp_behind_a_public_ip() {
     let config = MediaConfig {
         port: 0,
         public_ip: Some("127.0.0.1".parse().expect("ip")),
+        workers: 1,
     };
     call_through(config, |handle| {
         let bound = handle.local_addrs();
@@ -162,6 +165,71 @@ async fn one_to_one_call_over_udp_behind_a_public_ip() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_spread_over_two_workers_each_on_its_own_port() {
+    install_crypto_provider();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let config = MediaConfig {
+        port: 0,
+        public_ip: None,
+        workers: 2,
+    };
+    let (handle, task) = media::start(config, events_tx, shutdown.clone())
+        .await
+        .expect("media started");
+    assert_eq!(handle.worker_count(), 2);
+    let mut ports: Vec<u16> = Vec::new();
+    for a in handle.local_addrs() {
+        if !ports.contains(&a.port()) {
+            ports.push(a.port());
+        }
+    }
+    assert_eq!(
+        ports.len(),
+        2,
+        "a port per worker: {:?}",
+        handle.local_addrs()
+    );
+
+    // The first room goes to worker 0, the second to the then least loaded worker 1; every member
+    // of a room is answered with its worker's port, and media flows on both.
+    let mut clients = call_in_room(&handle, &mut events, "room-a", [1, 2], ports[0]).await;
+    assert_eq!(handle.worker_of_participant(ParticipantId(2)), Some(0));
+    clients.extend(call_in_room(&handle, &mut events, "room-b", [3, 4], ports[1]).await);
+    assert_eq!(handle.worker_of_participant(ParticipantId(3)), Some(1));
+
+    // Commands reach the participant's worker: a bad answer is refused by the right SFU.
+    let err = handle
+        .answer(ParticipantId(4), "v=0".to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MediaError::Sfu(SfuError::NoPendingOffer)),
+        "{err}"
+    );
+    // Unknown participants are refused without a worker.
+    let err = handle
+        .answer(ParticipantId(99), "v=0".to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MediaError::Sfu(SfuError::UnknownParticipant(_))),
+        "{err}"
+    );
+
+    for id in 1..=4 {
+        handle.remove(ParticipantId(id));
+        assert_eq!(handle.worker_of_participant(ParticipantId(id)), None);
+    }
+    pump_all(&mut clients, Duration::from_millis(100)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("workers stop on shutdown")
+        .expect("no worker panicked");
+}
+
 /// A 1:1 call through `media::start(config)`; `check` inspects the handle and returns the port.
 async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandle) -> u16) {
     install_crypto_provider();
@@ -171,13 +239,66 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
         .await
         .expect("media started");
     let port = check(&handle);
+    let mut clients = call_in_room(&handle, &mut events, "udp-room", [1, 2], port).await;
 
+    // Errors come back through the handle.
+    let err = handle
+        .offer(
+            "other".to_string(),
+            ParticipantId(9),
+            "user-9".to_string(),
+            "v=0".to_string(),
+            Vec::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MediaError::Sfu(SfuError::BadSdp(_))), "{err}");
+    let err = handle
+        .answer(ParticipantId(1), "v=0".to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MediaError::Sfu(SfuError::NoPendingOffer)),
+        "{err}"
+    );
+
+    handle.remove(ParticipantId(1));
+    handle.remove(ParticipantId(2));
+    pump_all(&mut clients, Duration::from_millis(100)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("worker stops on shutdown")
+        .expect("worker did not panic");
+    let err = handle
+        .offer(
+            "udp-room".to_string(),
+            ParticipantId(3),
+            "user-3".to_string(),
+            "v=0".to_string(),
+            Vec::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MediaError::Stopped), "{err}");
+}
+
+/// Two str0m clients (participants `ids`) in `room` through `handle`: both answers carry `port`,
+/// both connect, and each receives the other's audio and video. Returns the clients, still pumped by
+/// nobody.
+async fn call_in_room(
+    handle: &media::MediaHandle,
+    events: &mut mpsc::UnboundedReceiver<SfuEvent>,
+    room: &str,
+    ids: [u64; 2],
+    port: u16,
+) -> Vec<UdpClient> {
     let mut clients = Vec::new();
-    for id in [1, 2] {
+    for id in ids {
         let (mut client, offer, pending) = UdpClient::new().await;
         let answer = handle
             .offer(
-                "udp-room".to_string(),
+                room.to_string(),
                 ParticipantId(id),
                 format!("user-{id}"),
                 offer,
@@ -209,13 +330,15 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
         pump_all(&mut clients, Duration::from_millis(20)).await;
         while let Ok(event) = events.try_recv() {
             match event {
-                SfuEvent::Connected { participant } => connected.push(participant),
+                SfuEvent::Connected { participant } if ids.contains(&participant.0) => {
+                    connected.push(participant)
+                }
                 SfuEvent::Offer {
                     participant,
                     sdp,
                     tracks,
-                } => {
-                    let client = &mut clients[participant.0 as usize - 1];
+                } if ids.contains(&participant.0) => {
+                    let client = &mut clients[(participant.0 - ids[0]) as usize];
                     let offer = SdpOffer::from_sdp_string(&sdp).expect("server offer parses");
                     let answer = client
                         .rtc
@@ -259,7 +382,7 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
         assert!(
             c.tracks
                 .iter()
-                .all(|t| t.publisher == ParticipantId(u64::from(from) + 1))
+                .all(|t| t.publisher == ParticipantId(ids[usize::from(from)]))
         );
         let audio = c.received(TrackSource::Audio);
         let video = c.received(TrackSource::Camera);
@@ -277,44 +400,5 @@ async fn call_through(config: MediaConfig, check: impl FnOnce(&media::MediaHandl
         assert!(video.iter().all(|p| p[6] == from && p.len() == 508));
     }
 
-    // Errors come back through the handle.
-    let err = handle
-        .offer(
-            "other".to_string(),
-            ParticipantId(9),
-            "user-9".to_string(),
-            "v=0".to_string(),
-            Vec::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, MediaError::Sfu(SfuError::BadSdp(_))), "{err}");
-    let err = handle
-        .answer(ParticipantId(1), "v=0".to_string())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, MediaError::Sfu(SfuError::NoPendingOffer)),
-        "{err}"
-    );
-
-    handle.remove(ParticipantId(1));
-    handle.remove(ParticipantId(2));
-    pump_all(&mut clients, Duration::from_millis(100)).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("worker stops on shutdown")
-        .expect("worker did not panic");
-    let err = handle
-        .offer(
-            "udp-room".to_string(),
-            ParticipantId(3),
-            "user-3".to_string(),
-            "v=0".to_string(),
-            Vec::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, MediaError::Stopped), "{err}");
+    clients
 }

@@ -131,14 +131,18 @@ impl VideoArgs {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
-    /// P audio publishers and S listeners in one group call.
+    /// P audio publishers and S listeners in one group call (or in each of R group calls).
     AudioRoom {
-        /// Clients that publish audio (50 packets/s each).
+        /// Clients that publish audio (50 packets/s each), per room.
         #[arg(long, default_value_t = 10)]
         publishers: usize,
-        /// Clients that only listen.
+        /// Clients that only listen, per room.
         #[arg(long, default_value_t = 100)]
         subscribers: usize,
+        /// Identical group calls, each with --publishers and --subscribers (rooms spread over the server's media
+        /// workers).
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
         /// Audio frame size, bytes (80 = Opus at 32 kbit/s, 20 ms).
         #[arg(long, default_value_t = 80)]
         audio_bytes: usize,
@@ -276,13 +280,15 @@ async fn run(cli: Cli, threads: usize) -> Result<()> {
             Scenario::AudioRoom {
                 publishers,
                 subscribers,
+                rooms,
                 audio_bytes,
             } => {
                 let plan = media_run::Plan {
                     scenario: "audio-room",
-                    params: json!({ "publishers": publishers, "subscribers": subscribers, "audio_bytes": audio_bytes, "duration_s": c.duration.as_secs_f64() }),
+                    params: json!({ "publishers": publishers, "subscribers": subscribers, "rooms": rooms, "audio_bytes": audio_bytes, "duration_s": c.duration.as_secs_f64() }),
                     publishers: vec![(true, None); *publishers],
                     subscribers: *subscribers,
+                    rooms: *rooms,
                     audio_bytes: *audio_bytes,
                 };
                 let r = media_run::run(&target, plan, &opts).await?;
@@ -299,6 +305,7 @@ async fn run(cli: Cli, threads: usize) -> Result<()> {
                         "simulcast": video.simulcast, "keyframe_interval_s": video.keyframe_interval.as_secs_f64(), "duration_s": c.duration.as_secs_f64() }),
                     publishers: vec![(true, Some(video.spec())); *participants],
                     subscribers: 0,
+                    rooms: 1,
                     audio_bytes: *audio_bytes,
                 };
                 let r = media_run::run(&target, plan, &opts).await?;
@@ -315,6 +322,7 @@ async fn run(cli: Cli, threads: usize) -> Result<()> {
                         "simulcast": video.simulcast, "keyframe_interval_s": video.keyframe_interval.as_secs_f64(), "duration_s": c.duration.as_secs_f64() }),
                     publishers: vec![(true, Some(video.spec()))],
                     subscribers: *viewers,
+                    rooms: 1,
                     audio_bytes: *audio_bytes,
                 };
                 let r = media_run::run(&target, plan, &opts).await?;

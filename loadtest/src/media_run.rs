@@ -1,5 +1,6 @@
-//! The media scenarios: clients join one group call (publishers first, then subscribers, at a bounded rate), the
-//! run waits until every subscriber receives every track it should, measures for the window, then stops.
+//! The media scenarios: clients join one group call, or `rooms` identical group calls (publishers first, then
+//! subscribers, at a bounded rate), the run waits until every subscriber receives every track it should, measures
+//! for the window, then stops.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,6 +31,8 @@ pub struct Plan {
     pub publishers: Vec<(bool, Option<VideoSpec>)>,
     /// Listen-only clients.
     pub subscribers: usize,
+    /// Identical group calls, each with `publishers` and `subscribers` (1 but for `audio-room --rooms`).
+    pub rooms: usize,
     /// Audio frame size, bytes.
     pub audio_bytes: usize,
 }
@@ -144,8 +147,28 @@ impl Progress {
 
 /// Runs a media scenario against `target`.
 pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<MediaReport> {
-    let n_pub = plan.publishers.len();
-    let n = n_pub + plan.subscribers;
+    // Clients 0..n_pub publish (publisher slot i / rooms of room i % rooms), the others listen (room (i - n_pub) %
+    // rooms); with one room this is the plan as given.
+    let rooms = plan.rooms.max(1);
+    if rooms > 1 && opts.janus.is_some() {
+        anyhow::bail!("--rooms is for Switchboard only (the Janus adapter joins one VideoRoom)");
+    }
+    let n_pub = plan.publishers.len() * rooms;
+    let n = n_pub + plan.subscribers * rooms;
+    let room_of = |i: usize| {
+        if i < n_pub {
+            i % rooms
+        } else {
+            (i - n_pub) % rooms
+        }
+    };
+    let publisher_plan = |i: usize| {
+        if i < n_pub {
+            plan.publishers.get(i / rooms).cloned()
+        } else {
+            None
+        }
+    };
     let users = if opts.janus.is_some() {
         // Janus has no identities: the adapter signs nobody in.
         (0..n)
@@ -176,10 +199,15 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
         })
     });
 
-    let group_id = uuid::Uuid::new_v4().to_string();
+    let group_ids: Vec<String> = (0..rooms)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
     let mut tracks: Vec<(u32, Kind)> = Vec::new();
-    for (i, (audio, video)) in plan.publishers.iter().enumerate() {
-        if *audio {
+    for i in 0..n_pub {
+        let Some((audio, video)) = publisher_plan(i) else {
+            continue;
+        };
+        if audio {
             tracks.push((i as u32, Kind::Audio));
         }
         if video.is_some() {
@@ -190,18 +218,18 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
         .into_iter()
         .enumerate()
         .map(|(i, user)| {
-            let (audio, video) = plan.publishers.get(i).cloned().unwrap_or((false, None));
+            let (audio, video) = publisher_plan(i).unwrap_or((false, None));
             ClientSpec {
                 index: i as u32,
                 user,
-                group_id: group_id.clone(),
+                group_id: group_ids[room_of(i)].clone(),
                 audio,
                 audio_bytes: plan.audio_bytes,
                 video,
                 expected: tracks
                     .iter()
                     .copied()
-                    .filter(|(p, _)| *p != i as u32)
+                    .filter(|(p, _)| *p != i as u32 && room_of(*p as usize) == room_of(i))
                     .collect(),
             }
         })
@@ -434,7 +462,7 @@ pub async fn run(target: &Target, plan: Plan, opts: &RunOptions) -> Result<Media
         server_url: target.base.clone(),
         clients: Clients {
             publishers: n_pub,
-            subscribers: plan.subscribers,
+            subscribers: n - n_pub,
             connected: t1.connected,
             ready: ready_at_start.ready,
             failed: totals(&counters, &specs).failed,

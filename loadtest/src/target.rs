@@ -1,7 +1,7 @@
 //! The server under load: one already running (`--server`, `--connection-string` or `--data-dir`, `--server-pid`),
 //! or one this process starts (`--spawn-server PATH`) in a temporary data directory on free loopback ports.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -128,7 +128,6 @@ impl Target {
             .context("creating a temporary data directory")?;
         let http_port = free_tcp_port()?;
         let https_port = free_tcp_port()?;
-        let media_port = free_udp_port()?;
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         let child = Command::new(binary)
             .arg("serve")
@@ -136,7 +135,8 @@ impl Target {
             .arg(dir.path())
             .args(["--http-port", &http_port.to_string()])
             .args(["--https-port", &https_port.to_string()])
-            .args(["--media-port", &media_port.to_string()])
+            // Every media worker picks a free port (worker i would otherwise need media port + i free too).
+            .args(["--media-port", "0"])
             .args(["--log", log_filter])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -194,11 +194,6 @@ impl Target {
 fn free_tcp_port() -> Result<u16> {
     let l = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     Ok(l.local_addr()?.port())
-}
-
-fn free_udp_port() -> Result<u16> {
-    let s = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-    Ok(s.local_addr()?.port())
 }
 
 /// Media-plane counters the server exports on `/metrics` (all media workers summed).

@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use super::{MediaConfig, MediaError};
 
-/// One bound socket and the address the SFU knows it by.
+/// One bound socket of a worker and the address the SFU knows it by.
 #[derive(Debug)]
 pub(crate) struct MediaSocket {
     pub(crate) socket: UdpSocket,
@@ -19,33 +19,51 @@ pub(crate) struct MediaSocket {
     pub(crate) advertised: SocketAddr,
 }
 
-/// Binds the sockets `config` asks for.
+/// A socket bound (non-blocking) but not yet registered with a runtime: workers bind in the
+/// caller's thread, so that errors are reported by `start`, and register in their own runtime.
+#[derive(Debug)]
+pub(crate) struct BoundSocket {
+    socket: std::net::UdpSocket,
+    pub(crate) local: SocketAddr,
+    pub(crate) advertised: SocketAddr,
+}
+
+impl BoundSocket {
+    /// Registers the socket with the runtime of the calling context.
+    ///
+    /// # Errors
+    /// When the runtime's reactor refuses it.
+    pub(crate) fn register(self) -> io::Result<MediaSocket> {
+        Ok(MediaSocket {
+            socket: UdpSocket::from_std(self.socket)?,
+            local: self.local,
+            advertised: self.advertised,
+        })
+    }
+}
+
+/// Binds the sockets of one worker on `port`.
 ///
-/// Without `public_ip`: one socket per usable interface address (see [`host_candidate_ips`]), all on
-/// the same port; port 0 lets the first bind choose it. An address that fails to bind is skipped with
-/// a warning. With `public_ip`: one wildcard socket, advertised as `public_ip:port`.
+/// Without `config.public_ip`: one socket per usable interface address (see
+/// [`host_candidate_ips`]), all on the same port; port 0 lets the first bind choose it. An address
+/// that fails to bind is skipped with a warning. With `public_ip`: one wildcard socket, advertised
+/// as `public_ip:port`.
 ///
 /// # Errors
 /// [`MediaError::Interfaces`] if the interfaces cannot be listed; [`MediaError::Bind`] if no socket
 /// could be bound.
-pub(crate) async fn bind(config: &MediaConfig) -> Result<Vec<MediaSocket>, MediaError> {
+pub(crate) fn bind(config: &MediaConfig, port: u16) -> Result<Vec<BoundSocket>, MediaError> {
     if let Some(public_ip) = config.public_ip {
         let wildcard = match public_ip {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
-        let requested = SocketAddr::new(wildcard, config.port);
-        let socket = UdpSocket::bind(requested)
-            .await
-            .map_err(|source| MediaError::Bind {
-                addr: requested,
-                source,
-            })?;
-        let local = socket.local_addr().map_err(|source| MediaError::Bind {
+        let requested = SocketAddr::new(wildcard, port);
+        let (socket, local) = bind_one(requested).map_err(|source| MediaError::Bind {
             addr: requested,
             source,
         })?;
-        return Ok(vec![MediaSocket {
+        return Ok(vec![BoundSocket {
             socket,
             local,
             advertised: SocketAddr::new(public_ip, local.port()),
@@ -54,16 +72,16 @@ pub(crate) async fn bind(config: &MediaConfig) -> Result<Vec<MediaSocket>, Media
 
     let interfaces = if_addrs::get_if_addrs().map_err(MediaError::Interfaces)?;
     let ips = host_candidate_ips(interfaces.iter().map(if_addrs::Interface::ip));
-    let mut port = config.port;
+    let mut port = port;
     let mut sockets = Vec::with_capacity(ips.len());
     let mut last_error = None;
     for ip in ips {
         let requested = SocketAddr::new(ip, port);
-        match bind_one(requested).await {
+        match bind_one(requested) {
             Ok((socket, local)) => {
                 debug!(%local, "media socket bound");
                 port = local.port();
-                sockets.push(MediaSocket {
+                sockets.push(BoundSocket {
                     socket,
                     local,
                     advertised: local,
@@ -82,11 +100,39 @@ pub(crate) async fn bind(config: &MediaConfig) -> Result<Vec<MediaSocket>, Media
     }
 }
 
-async fn bind_one(addr: SocketAddr) -> io::Result<(UdpSocket, SocketAddr)> {
-    let socket = UdpSocket::bind(addr).await?;
+/// Receive buffer asked for on every media socket, bytes: about 1,300 small (audio) datagrams as the kernel counts
+/// them, a few hundred milliseconds of a busy worker's input, so that a worker descheduled for a moment does not
+/// drop datagrams. The kernel caps it at `net.core.rmem_max` (often 208 KiB; raise it with
+/// `sysctl -w net.core.rmem_max=1048576` to get all of it).
+pub(crate) const RECEIVE_BUFFER_BYTES: usize = 1 << 20;
+
+fn bind_one(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    grow_receive_buffer(&socket);
     let local = socket.local_addr()?;
     Ok((socket, local))
 }
+
+/// Asks for [`RECEIVE_BUFFER_BYTES`]; the default buffer stays when the kernel refuses.
+#[cfg(target_os = "linux")]
+fn grow_receive_buffer(socket: &std::net::UdpSocket) {
+    use rustix::net::sockopt;
+    if let Err(e) = sockopt::set_socket_recv_buffer_size(socket, RECEIVE_BUFFER_BYTES) {
+        warn!(error = %e, "media socket receive buffer not enlarged");
+        return;
+    }
+    // The kernel reports twice what it grants (it counts its own overhead).
+    if let Ok(granted) = sockopt::socket_recv_buffer_size(socket) {
+        debug!(
+            asked = RECEIVE_BUFFER_BYTES,
+            granted, "media socket receive buffer"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn grow_receive_buffer(_socket: &std::net::UdpSocket) {}
 
 /// The interface addresses worth a socket and a host candidate, deduplicated, in input order, with
 /// `127.0.0.1` added if missing: every IPv4 address but unspecified, link-local (RFC 3927),

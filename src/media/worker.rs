@@ -1,19 +1,23 @@
-//! The worker task: owns the [`Sfu`] and the sockets, applies commands, moves datagrams, fires timers.
+//! A media worker: a thread with its own current-thread runtime that owns one [`Sfu`] (the rooms
+//! pinned to it) and its sockets, applies commands, moves datagrams, fires timers.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::io::ReadBuf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Command;
-use super::sockets::MediaSocket;
-use crate::sfu::{Sfu, SfuEvent, SfuStats};
+use super::placement::Placement;
+use super::send::{SEND_BATCH, send_batch};
+use super::sockets::{BoundSocket, MediaSocket};
+use super::{Command, MediaError};
+use crate::sfu::{Sfu, SfuConfig, SfuEvent, SfuStats, Transmit};
 
 /// Receive buffer: larger than any datagram a WebRTC peer sends (str0m and browsers stay under
 /// 1200-1500 bytes); longer datagrams are truncated by the kernel and then fail SRTP authentication.
@@ -32,20 +36,90 @@ enum Step {
     Timeout,
 }
 
+/// What a worker shares with the handle and the other workers.
+pub(crate) struct Shared {
+    /// Where rooms and participants live; a worker forgets participants whose connection ended.
+    pub(crate) placement: Arc<Mutex<Placement>>,
+    /// Every worker's events go to this one channel.
+    pub(crate) events: mpsc::UnboundedSender<SfuEvent>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Starts worker `index` on its own thread (`media-{index}`) with a current-thread runtime, owning
+/// `sockets` and an [`Sfu`] that advertises them. Returns once the sockets are registered with the
+/// worker's runtime; `done` is dropped when the thread ends.
+///
+/// # Errors
+/// [`MediaError::Worker`] if the runtime or the thread cannot be made or a socket cannot be
+/// registered.
+pub(crate) async fn spawn(
+    index: usize,
+    sockets: Vec<BoundSocket>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shared: Shared,
+    done: oneshot::Sender<()>,
+) -> Result<(), MediaError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(MediaError::Worker)?;
+    let (ready_tx, ready) = oneshot::channel::<io::Result<()>>();
+    std::thread::Builder::new()
+        .name(format!("media-{index}"))
+        .spawn(move || {
+            let _done = done;
+            runtime.block_on(async move {
+                let registered: io::Result<Vec<MediaSocket>> =
+                    sockets.into_iter().map(BoundSocket::register).collect();
+                let sockets = match registered {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let sfu = Sfu::new(SfuConfig {
+                    local_candidates: sockets.iter().map(|s| s.advertised).collect(),
+                });
+                run(index, sfu, sockets, commands, shared).await;
+            });
+        })
+        .map_err(MediaError::Worker)?;
+    match ready.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(MediaError::Worker(e)),
+        Err(_) => Err(MediaError::Stopped),
+    }
+}
+
 /// Runs until `shutdown` is cancelled.
-pub(crate) async fn run(
+async fn run(
+    index: usize,
     mut sfu: Sfu,
     sockets: Vec<MediaSocket>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::UnboundedSender<SfuEvent>,
-    shutdown: CancellationToken,
+    shared: Shared,
 ) {
+    let Shared {
+        placement,
+        events,
+        shutdown,
+    } = shared;
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut first_socket = 0;
     let mut commands_open = true;
-    let mut meters = Meters::new();
+    let mut meters = Meters::new(index);
+    let mut out = Outlet {
+        events,
+        placement,
+        batch: Vec::with_capacity(SEND_BATCH),
+    };
+    info!(worker = index, sockets = ?sockets.iter().map(|s| s.local).collect::<Vec<_>>(), "media worker started");
     loop {
-        flush(&mut sfu, &sockets, &events, &mut meters).await;
+        out.flush(&mut sfu, &sockets, &mut meters).await;
         let deadline = sfu
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + IDLE_TICK);
@@ -85,8 +159,9 @@ pub(crate) async fn run(
             sfu.handle_timeout(now);
         }
     }
-    flush(&mut sfu, &sockets, &events, &mut meters).await;
+    out.flush(&mut sfu, &sockets, &mut meters).await;
     info!(
+        worker = index,
         participants = sfu.participant_count(),
         "media worker stopped"
     );
@@ -209,37 +284,70 @@ async fn recv_any(
     .await
 }
 
-/// Sends what the SFU produced, passes its events on, and updates the metrics.
-async fn flush(
-    sfu: &mut Sfu,
-    sockets: &[MediaSocket],
-    events: &mpsc::UnboundedSender<SfuEvent>,
-    meters: &mut Meters,
-) {
-    while let Some(transmit) = sfu.poll_transmit() {
-        let Some(socket) = sockets.iter().find(|s| s.advertised == transmit.source) else {
-            // Cannot happen: str0m only sends from the candidates the SFU was given, which are ours.
-            debug!(source = %transmit.source, "no socket for transmit source");
-            continue;
-        };
-        match socket
-            .socket
-            .send_to(&transmit.contents, transmit.destination)
-            .await
-        {
-            Ok(len) => {
-                meters.packets_out.increment(1);
-                meters.bytes_out.increment(len as u64);
+/// Where a worker's output goes: datagrams to its sockets (in batches), events to the shared
+/// channel.
+struct Outlet {
+    events: mpsc::UnboundedSender<SfuEvent>,
+    placement: Arc<Mutex<Placement>>,
+    /// Datagrams from one socket waiting to be sent together.
+    batch: Vec<Transmit>,
+}
+
+impl Outlet {
+    /// Sends what the SFU produced, passes its events on, and updates the metrics.
+    async fn flush(&mut self, sfu: &mut Sfu, sockets: &[MediaSocket], meters: &mut Meters) {
+        let mut from: Option<&MediaSocket> = None;
+        while let Some(transmit) = sfu.poll_transmit() {
+            if from.is_none_or(|s| s.advertised != transmit.source) {
+                if let Some(socket) = from {
+                    send_all(socket, &mut self.batch, meters).await;
+                }
+                from = sockets.iter().find(|s| s.advertised == transmit.source);
+                if from.is_none() {
+                    // Cannot happen: str0m only sends from the candidates the SFU was given, which are ours.
+                    debug!(source = %transmit.source, "no socket for transmit source");
+                    continue;
+                }
             }
-            Err(e) => meters.socket_error("send", &e),
+            self.batch.push(transmit);
+            if self.batch.len() >= SEND_BATCH
+                && let Some(socket) = from
+            {
+                send_all(socket, &mut self.batch, meters).await;
+            }
         }
-    }
-    while let Some(event) = sfu.poll_event() {
-        if events.send(event).is_err() {
-            debug!("media event receiver gone; event dropped");
+        if let Some(socket) = from {
+            send_all(socket, &mut self.batch, meters).await;
         }
+        while let Some(event) = sfu.poll_event() {
+            if let SfuEvent::Disconnected { participant, .. } = &event {
+                self.placement
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .release(*participant);
+            }
+            if self.events.send(event).is_err() {
+                debug!("media event receiver gone; event dropped");
+            }
+        }
+        meters.publish(sfu);
     }
-    meters.publish(sfu);
+}
+
+/// Sends and empties `batch`, counting what went out and what failed.
+async fn send_all(socket: &MediaSocket, batch: &mut Vec<Transmit>, meters: &mut Meters) {
+    if batch.is_empty() {
+        return;
+    }
+    send_batch(&socket.socket, batch, &mut |result| match result {
+        Ok(len) => {
+            meters.packets_out.increment(1);
+            meters.bytes_out.increment(len as u64);
+        }
+        Err(e) => meters.socket_error("send", &e),
+    })
+    .await;
+    batch.clear();
 }
 
 /// Metric handles, and what is needed to turn the SFU's cumulative counters into increments.
@@ -262,32 +370,34 @@ struct Meters {
     reported: SfuStats,
     last_error_log: Option<Instant>,
     suppressed_errors: u64,
+    /// The worker's index, for logs.
+    worker: usize,
 }
 
-/// The `worker` label of this worker's metrics (one media worker today; one per core comes with the performance
-/// work, each with its own label).
-const WORKER: &str = "0";
-
 impl Meters {
-    fn new() -> Self {
+    /// Handles labelled `worker = index`.
+    fn new(index: usize) -> Self {
+        let worker = index.to_string();
+        let w = || worker.clone();
         Meters {
-            packets_in: counter!("switchboard_media_packets_in_total", "worker" => WORKER),
-            packets_out: counter!("switchboard_media_packets_out_total", "worker" => WORKER),
-            bytes_in: counter!("switchboard_media_bytes_in_total", "worker" => WORKER),
-            bytes_out: counter!("switchboard_media_bytes_out_total", "worker" => WORKER),
-            keyframe_requests: counter!("switchboard_media_keyframe_requests_total", "worker" => WORKER),
-            renegotiations: counter!("switchboard_media_renegotiations_total", "worker" => WORKER),
-            layer_switches: counter!("switchboard_media_layer_switches_total", "worker" => WORKER),
-            socket_errors: counter!("switchboard_media_socket_errors_total", "worker" => WORKER),
-            participants: gauge!("switchboard_media_participants", "worker" => WORKER),
-            rooms: gauge!("switchboard_media_rooms", "worker" => WORKER),
-            tracks: gauge!("switchboard_media_tracks", "worker" => WORKER),
-            nacks_received: counter!("switchboard_media_rtcp_feedback_total", "worker" => WORKER, "kind" => "nack", "direction" => "received"),
-            plis_received: counter!("switchboard_media_rtcp_feedback_total", "worker" => WORKER, "kind" => "pli", "direction" => "received"),
-            nacks_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => WORKER, "kind" => "nack", "direction" => "sent"),
-            plis_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => WORKER, "kind" => "pli", "direction" => "sent"),
+            packets_in: counter!("switchboard_media_packets_in_total", "worker" => w()),
+            packets_out: counter!("switchboard_media_packets_out_total", "worker" => w()),
+            bytes_in: counter!("switchboard_media_bytes_in_total", "worker" => w()),
+            bytes_out: counter!("switchboard_media_bytes_out_total", "worker" => w()),
+            keyframe_requests: counter!("switchboard_media_keyframe_requests_total", "worker" => w()),
+            renegotiations: counter!("switchboard_media_renegotiations_total", "worker" => w()),
+            layer_switches: counter!("switchboard_media_layer_switches_total", "worker" => w()),
+            socket_errors: counter!("switchboard_media_socket_errors_total", "worker" => w()),
+            participants: gauge!("switchboard_media_participants", "worker" => w()),
+            rooms: gauge!("switchboard_media_rooms", "worker" => w()),
+            tracks: gauge!("switchboard_media_tracks", "worker" => w()),
+            nacks_received: counter!("switchboard_media_rtcp_feedback_total", "worker" => w(), "kind" => "nack", "direction" => "received"),
+            plis_received: counter!("switchboard_media_rtcp_feedback_total", "worker" => w(), "kind" => "pli", "direction" => "received"),
+            nacks_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => w(), "kind" => "nack", "direction" => "sent"),
+            plis_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => w(), "kind" => "pli", "direction" => "sent"),
             reported: SfuStats::default(),
             last_error_log: None,
+            worker: index,
             suppressed_errors: 0,
         }
     }
@@ -331,7 +441,7 @@ impl Meters {
 
     /// Counts a failed send or receive; logs it unless one was logged recently. Never fatal: one
     /// datagram is lost, UDP tolerates that.
-    fn socket_error(&mut self, op: &str, error: &io::Error) {
+    fn socket_error(&mut self, op: &'static str, error: &io::Error) {
         self.socket_errors.increment(1);
         let now = Instant::now();
         if self
@@ -341,7 +451,7 @@ impl Meters {
             self.suppressed_errors += 1;
             return;
         }
-        warn!(op, %error, suppressed = self.suppressed_errors, "media socket error");
+        warn!(worker = self.worker, op, %error, suppressed = self.suppressed_errors, "media socket error");
         self.last_error_log = Some(now);
         self.suppressed_errors = 0;
     }

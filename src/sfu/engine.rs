@@ -675,10 +675,9 @@ impl Sfu {
             Vec::new()
         };
         let mut wanted_layers: Vec<Rid> = Vec::new();
-        let Some(room) = self.rooms.get(&room_name) else {
-            return;
-        };
-        let members = room.members.clone();
+        // Borrowed out of the room for the loop (given back below) instead of cloned per frame: writing
+        // to subscribers never touches room membership.
+        let members = std::mem::take(&mut room.members);
         for member in members.iter().filter(|m| **m != from) {
             let Some(sub) = self.participants.get_mut(member) else {
                 continue;
@@ -720,6 +719,9 @@ impl Sfu {
                 }
             }
             sub.drain(now, &mut self.out);
+        }
+        if let Some(room) = self.rooms.get_mut(&room_name) {
+            room.members = members;
         }
         if wanted_layers.is_empty() {
             return;

@@ -21,7 +21,9 @@ def server():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
     binary = os.environ.get("SWITCHBOARD_BIN", os.path.join(target, "debug", "switchboard"))
     data = tempfile.mkdtemp(prefix="sb-py-")
-    http, https, media = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    http, https = free_port(), free_port()
+    # Media port 0: every media worker picks a free port (worker i would need the media port + i free too).
+    media = 0
     log = open(os.path.join(data, "server.log"), "w")
     proc = subprocess.Popen(
         [binary, "serve", "--data-dir", data, "--http-port", str(http), "--https-port", str(https), "--media-port", str(media)],

@@ -69,6 +69,31 @@ async function freePorts(n) {
 }
 
 /**
+ * Media workers every test server runs (`--media-workers`): two, whatever the machine's cores, so that rooms land
+ * on different workers and ports in every run. Worker i listens on the media port + i.
+ */
+export const MEDIA_WORKERS = 2;
+
+/**
+ * A UDP port p such that p .. p + count - 1 are all free and none is in `taken`.
+ * @param {number} count
+ * @param {number[]} taken
+ * @returns {Promise<number>}
+ */
+async function freeUdpRange(count, taken) {
+  for (let tries = 0; tries < 50; tries++) {
+    const first = await freeTcpPort();
+    if (first + count - 1 > 65535) continue;
+    const range = Array.from({ length: count }, (_, i) => first + i);
+    if (range.some((p) => taken.includes(p))) continue;
+    let free = true;
+    for (const p of range) free = free && (await udpPortFree(p));
+    if (free) return first;
+  }
+  throw new Error(`could not find ${count} consecutive free UDP ports`);
+}
+
+/**
  * The environment for the server: ours, less the variables meant for this harness. The server reads
  * `SWITCHBOARD_*` variables as configuration and refuses unknown keys, so SWITCHBOARD_BIN and
  * SWITCHBOARD_E2E_* must not reach it.
@@ -86,7 +111,8 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /**
  * Starts the server.
  * @param {{ label?: string, startTimeoutMs?: number, extraArgs?: string[], env?: Record<string,string> }} [options]
- * @returns {Promise<{ httpUrl: string, httpPort: number, httpsPort: number, mediaPort: number, dataDir: string, logPath: string, stop: () => Promise<void> }>}
+ * `mediaPort` is media worker 0's port; `mediaPorts` lists every worker's (a room's clients use its worker's).
+ * @returns {Promise<{ httpUrl: string, httpPort: number, httpsPort: number, mediaPort: number, mediaPorts: number[], dataDir: string, logPath: string, stop: () => Promise<void> }>}
  */
 export async function startServer(options = {}) {
   const label = options.label || "e2e";
@@ -95,13 +121,16 @@ export async function startServer(options = {}) {
     throw new Error(`server binary not found at ${bin}: build it (cargo build) or set SWITCHBOARD_BIN`);
   }
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), `switchboard-e2e-${label}-`));
-  const [httpPort, httpsPort, mediaPort] = await freePorts(3);
+  const [httpPort, httpsPort] = await freePorts(2);
+  const mediaPort = await freeUdpRange(MEDIA_WORKERS, [httpPort, httpsPort]);
+  const mediaPorts = Array.from({ length: MEDIA_WORKERS }, (_, i) => mediaPort + i);
   const args = [
     "serve",
     "--data-dir", dataDir,
     "--http-port", String(httpPort),
     "--https-port", String(httpsPort),
     "--media-port", String(mediaPort),
+    "--media-workers", String(MEDIA_WORKERS),
     ...(options.extraArgs || []),
   ];
   fs.mkdirSync(artifactsDir, { recursive: true });
@@ -175,7 +204,7 @@ export async function startServer(options = {}) {
     })();
     return stopping;
   };
-  return { httpUrl, httpPort, httpsPort, mediaPort, dataDir, logPath, stop };
+  return { httpUrl, httpPort, httpsPort, mediaPort, mediaPorts, dataDir, logPath, stop };
 }
 
 /**
