@@ -1273,6 +1273,9 @@ export class Call extends Emitter {
   /** @private */
   _negotiationFailed(e) {
     if (this.state === "Disconnected") return;
+    // The socket is closing (a request made between `close()` and the `close` event fails at once): the agent's close
+    // handling ends the call with the connection-lost reason, not as a failed negotiation.
+    if (e?.code === "ConnectionClosed") return;
     const text = `${e?.code ? `${e.code}: ` : ""}${e?.message || e}`;
     if (!this._negotiated) {
       console.error(`[switchboard] call ${this.id}: media negotiation failed:`, e);
