@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::sfu::{ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent, TrackSource};
+use crate::sfu::{AgentSink, ParticipantId, Sfu, SfuConfig, SfuError, SfuEvent, TrackSource};
 
 /// Where the media plane listens.
 #[derive(Clone, Debug, Default)]
@@ -92,6 +92,18 @@ enum Command {
         mid: String,
         width: u32,
         height: u32,
+    },
+    AddAgent {
+        room: String,
+        participant: ParticipantId,
+        label: String,
+        sink: AgentSink,
+    },
+    AgentAudio {
+        participant: ParticipantId,
+        timestamp: u64,
+        level: u8,
+        opus: Vec<u8>,
     },
 }
 
@@ -187,6 +199,42 @@ impl MediaHandle {
             mid,
             width,
             height,
+        });
+    }
+
+    /// Adds a server-side media agent (a SIP leg) to `room` ([`Sfu::add_agent`]): the audio the
+    /// room's other members publish goes to `sink` (called on the worker: it must not block), and
+    /// [`MediaHandle::agent_audio`] publishes the agent's own. Removed with
+    /// [`MediaHandle::remove`]. Fire and forget: a refused id is logged by the worker.
+    pub fn add_agent(
+        &self,
+        room: String,
+        participant: ParticipantId,
+        label: String,
+        sink: AgentSink,
+    ) {
+        self.send(Command::AddAgent {
+            room,
+            participant,
+            label,
+            sink,
+        });
+    }
+
+    /// Publishes one Opus frame of agent `participant` ([`Sfu::handle_agent_audio`]): `timestamp`
+    /// in 48 kHz units, `level` the RFC 6464 audio level (-dBov).
+    pub fn agent_audio(
+        &self,
+        participant: ParticipantId,
+        timestamp: u64,
+        level: u8,
+        opus: Vec<u8>,
+    ) {
+        self.send(Command::AgentAudio {
+            participant,
+            timestamp,
+            level,
+            opus,
         });
     }
 

@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::proto::signal::{
-    ClientMessage, EndReason, OutTrackInfo, ParticipantInfo, RequestId, ServerMessage, Target,
-    TrackSpec,
+    Caller, ClientMessage, EndReason, OutTrackInfo, ParticipantInfo, RequestId, ServerMessage,
+    Target, TrackSpec, phone_of_raw_id,
 };
 
 /// A WebSocket connection, numbered by the hub's owner.
@@ -179,6 +179,19 @@ pub enum HubCommand {
         display_name: Option<String>,
         out: OutboundTx,
     },
+    /// A connection driven by the server itself: a SIP leg of the gateway (`sip::bridge`). It
+    /// speaks the same protocol as a WebSocket client (requests through [`HubCommand::Client`],
+    /// answers and events on `out`) but is never rung (it is not registered under `identity`), and
+    /// its leg in a call uses the media participant `participant`, a media agent the gateway adds
+    /// to the SFU room itself (no SDP).
+    RegisterAgent {
+        conn: ConnId,
+        /// Raw id shown to the others, e.g. `4:+15551230000`.
+        identity: String,
+        display_name: Option<String>,
+        participant: MediaParticipant,
+        out: OutboundTx,
+    },
     /// The connection closed.
     Unregister { conn: ConnId },
     /// A call-control message from the connection (requests answered through its `out`).
@@ -274,6 +287,8 @@ struct Conn {
     identity: String,
     display_name: Option<String>,
     out: OutboundTx,
+    /// Set for a server-driven connection ([`HubCommand::RegisterAgent`]): its media participant.
+    agent: Option<MediaParticipant>,
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +426,24 @@ impl HubState {
                         identity,
                         display_name,
                         out,
+                        agent: None,
+                    },
+                );
+            }
+            HubCommand::RegisterAgent {
+                conn,
+                identity,
+                display_name,
+                participant,
+                out,
+            } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        identity,
+                        display_name,
+                        out,
+                        agent: Some(participant),
                     },
                 );
             }
@@ -556,8 +589,13 @@ impl HubState {
     fn leg(&mut self, conn: ConnId, call_id: &str) -> Option<Leg> {
         let c = self.conns.get(&conn)?;
         let (identity, display_name) = (c.identity.clone(), c.display_name.clone());
-        let participant = self.next_participant;
-        self.next_participant += 1;
+        let participant = match c.agent {
+            Some(p) => p,
+            None => {
+                self.next_participant += 1;
+                self.next_participant - 1
+            }
+        };
         self.participants
             .insert(participant, (call_id.to_string(), conn));
         Some(Leg {
@@ -630,6 +668,9 @@ impl HubState {
             ClientMessage::Ping { id } => {
                 self.send(conn, ServerMessage::ok(id, json!({ "pong": true })))
             }
+            ClientMessage::SendDtmf { id, call_id, tones } => {
+                self.send_dtmf(conn, id, &call_id, &tones)
+            }
         }
     }
 
@@ -681,9 +722,7 @@ impl HubState {
                 *c,
                 ServerMessage::IncomingCall {
                     call_id: call_id.clone(),
-                    caller: Target {
-                        communication_user_id: caller.identity.clone(),
-                    },
+                    caller: Caller::from_raw_id(&caller.identity),
                     caller_display_name: caller.display_name.clone(),
                     video,
                 },
@@ -978,6 +1017,40 @@ impl HubState {
         self.announce_update(call_id, conn);
     }
 
+    /// `sendDtmf`: each tone goes to every other leg of the call as `dtmfReceived` (a phone leg
+    /// plays it as RFC 4733 events). Only a connected call carries tones.
+    fn send_dtmf(&mut self, conn: ConnId, id: RequestId, call_id: &str, tones: &str) {
+        let Some(call) = self.calls.get(call_id) else {
+            return self.send(conn, not_in_call(id, call_id));
+        };
+        if call.leg_of(conn).is_none() {
+            return self.send(conn, not_in_call(id, call_id));
+        }
+        if call.ringing() {
+            let msg = "DTMF can be sent once the call is connected";
+            return self.send(conn, ServerMessage::fail(id, "InvalidState", msg));
+        }
+        let others: Vec<ConnId> = call
+            .legs
+            .iter()
+            .filter(|l| l.conn != conn)
+            .map(|l| l.conn)
+            .collect();
+        self.send(conn, ServerMessage::ok(id, json!({})));
+        tracing::info!(call_id, tones, legs = others.len(), "DTMF sent");
+        for tone in tones.chars() {
+            for o in &others {
+                self.send(
+                    *o,
+                    ServerMessage::DtmfReceived {
+                        call_id: call_id.to_string(),
+                        tone: tone.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Tells the other legs of the call about `conn`'s leg (`participantsUpdated` with it in `updated`).
     fn announce_update(&self, call_id: &str, conn: ConnId) {
         let Some(call) = self.calls.get(call_id) else {
@@ -1215,9 +1288,11 @@ impl HubState {
                 let tracks = tracks
                     .into_iter()
                     .filter_map(|t| {
+                        let id = self.identity_of(t.publisher)?;
                         Some(OutTrackInfo {
                             mid: t.mid,
-                            communication_user_id: self.identity_of(t.publisher)?,
+                            phone_number: phone_of_raw_id(&id).map(str::to_string),
+                            communication_user_id: id,
                             source: t.source,
                         })
                     })
@@ -1392,6 +1467,7 @@ fn sanitize_sdp_error(e: &str) -> String {
 fn info(leg: &Leg, state: &str) -> ParticipantInfo {
     ParticipantInfo {
         communication_user_id: leg.identity.clone(),
+        phone_number: phone_of_raw_id(&leg.identity).map(str::to_string),
         display_name: leg.display_name.clone(),
         state: state.to_string(),
         is_muted: leg.muted,

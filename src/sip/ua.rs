@@ -15,13 +15,16 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::bridge::{self, BridgeDeps, BridgeMedia, HubEvent, HubLeg};
 use super::media::{DtmfSource, MediaParams, MediaSession, PortPool, report_dtmf};
 use super::transport::{Peer, Received};
+use crate::proto::signal::ServerMessage;
 use crate::proto::sip::dtmf;
 use crate::proto::sip::keepalive::{Health, KeepAlive};
 use crate::proto::sip::message::{self, Message, ReplyBase, StartLine};
 use crate::proto::sip::route::{Decision, RouteTarget, Router};
 use crate::proto::sip::sdp::{self, Negotiated, SessionDescription};
+use crate::service::calls::Outbound;
 
 /// RFC 3261 T1: RTT estimate, first retransmission interval.
 pub const T1: Duration = Duration::from_millis(500);
@@ -44,6 +47,8 @@ pub struct UaSettings {
     pub sip_port: u16,
     /// Trunks probed with OPTIONS: name, resolved address, interval.
     pub keepalive: Vec<(String, std::net::SocketAddr, Duration)>,
+    /// The call hub and the SFU, for numbers routed to a `user` (without them such numbers answer 480).
+    pub bridge: Option<BridgeDeps>,
 }
 
 struct Probe {
@@ -75,6 +80,8 @@ impl Retransmit {
 enum State {
     /// 180 sent; answering at the instant.
     Ringing(Instant),
+    /// Bridged to a browser call that has not been answered yet (180 follows the hub's `Ringing`).
+    Proceeding,
     /// 200 sent (maybe not yet ACKed).
     Answered,
     /// Final non-2xx sent (487 after CANCEL); waiting for its ACK only.
@@ -100,6 +107,27 @@ struct Call {
     session_id: u64,
     sdp_version: u64,
     trunk: String,
+    /// The browser call this dialog is bridged to (routes to a `user`).
+    leg: Option<HubLeg>,
+    /// Record-Route values of the INVITE: our route set for requests we send (RFC 3261 §12.1.1).
+    record_route: Vec<String>,
+    /// The INVITE's Contact URI: where our in-dialog requests go (remote target).
+    remote_target: String,
+    /// Our CSeq for requests we send in the dialog.
+    local_cseq: u32,
+}
+
+impl Call {
+    /// Before the final response to the initial INVITE.
+    fn early(&self) -> bool {
+        matches!(self.state, State::Ringing(_) | State::Proceeding)
+    }
+}
+
+/// A BYE we sent, retransmitted over UDP until a response (RFC 3261 §17.1.2.2, timer E).
+struct PendingBye {
+    peer: Peer,
+    retransmit: Retransmit,
 }
 
 /// The UA: every dialog of the gateway.
@@ -111,6 +139,10 @@ pub struct Ua {
     /// Final responses of non-INVITE transactions, replayed for retransmissions: (Call-ID, CSeq, method).
     finals: HashMap<(String, u32, String), (Vec<u8>, Instant)>,
     probes: Vec<Probe>,
+    /// BYEs we sent, by Call-ID.
+    byes: HashMap<String, PendingBye>,
+    hub_tx: mpsc::UnboundedSender<HubEvent>,
+    hub_rx: Option<mpsc::UnboundedReceiver<HubEvent>>,
 }
 
 fn tag() -> String {
@@ -146,8 +178,12 @@ impl Ua {
                 ),
             })
             .collect();
+        let (hub_tx, hub_rx) = mpsc::unbounded_channel();
         Ua {
             probes,
+            byes: HashMap::new(),
+            hub_tx,
+            hub_rx: Some(hub_rx),
             settings,
             udp,
             ports,
@@ -160,6 +196,9 @@ impl Ua {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Received>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let Some(mut hub_rx) = self.hub_rx.take() else {
+            return;
+        };
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -167,6 +206,7 @@ impl Ua {
                     Some(r) => self.handle(r.data, r.peer).await,
                     None => break,
                 },
+                Some(ev) = hub_rx.recv() => self.on_hub_event(ev).await,
                 _ = tick.tick() => self.handle_timers(Instant::now()).await,
             }
         }
@@ -214,6 +254,10 @@ impl Ua {
                         metrics::gauge!("switchboard_sip_trunk_up", "trunk" => p.trunk.clone())
                             .set(1.0);
                     }
+                    return;
+                }
+                if *code >= 200 && self.byes.remove(call_id).is_some() {
+                    tracing::debug!(call_id, code, "BYE answered");
                     return;
                 }
                 tracing::debug!(peer = %peer.addr(), code, "SIP response without client transaction: dropped");
@@ -427,8 +471,12 @@ impl Ua {
         self.reply(&peer, &base, (100, "Trying"), None, &[], b"")
             .await;
         let local_tag = tag();
-        if !matches!(target, RouteTarget::Echo) {
-            // Bridging to users and group calls is phase 2 of issue 5: say so instead of ringing nobody.
+        let bridged_user = match &target {
+            RouteTarget::User(u) if self.settings.bridge.is_some() => Some(u.clone()),
+            _ => None,
+        };
+        if !matches!(target, RouteTarget::Echo) && bridged_user.is_none() {
+            // Group calls are not bridged yet (issue 5): say so instead of ringing nobody.
             tracing::info!(call_id = %call_id, dialled = %dialled, route = ?target, "route not available yet: 480");
             self.reply(
                 &peer,
@@ -476,6 +524,46 @@ impl Ua {
             }
         };
         let now = Instant::now();
+        let record_route: Vec<String> = msg
+            .headers_named("Record-Route")
+            .flat_map(message::split_list)
+            .collect();
+        let remote_target = msg
+            .header("Contact")
+            .and_then(angle_uri)
+            .unwrap_or_else(|| format!("sip:{}", peer.addr()));
+        if let (Some(user), Some(deps)) = (bridged_user, self.settings.bridge.clone()) {
+            let caller = msg
+                .header("From")
+                .and_then(angle_uri)
+                .and_then(|u| message::uri_user(&u))
+                .unwrap_or_default();
+            tracing::info!(call_id = %call_id, trunk = %trunk_name, %source, dialled = %dialled, caller = %caller, user = %user, codec = neg.codec.name(), telephone_event = neg.telephone_event.is_some(), "inbound call to a user: ringing its browsers");
+            metrics::counter!("switchboard_sip_calls_total", "route" => "user").increment(1);
+            let leg = HubLeg::start_call(&deps.hub, &call_id, &caller, &user, self.hub_tx.clone());
+            let call = Call {
+                local_tag,
+                peer: peer.clone(),
+                base,
+                invite_cseq: cseq,
+                remote_cseq: cseq,
+                state: State::Proceeding,
+                last_invite_response: Vec::new(),
+                retransmit: None,
+                offer,
+                neg,
+                media: None,
+                session_id: rand::random::<u32>().into(),
+                sdp_version: 1,
+                trunk: trunk_name,
+                leg: Some(leg),
+                record_route,
+                remote_target,
+                local_cseq: 0,
+            };
+            self.calls.insert(call_id, call);
+            return;
+        }
         tracing::info!(call_id = %call_id, trunk = %trunk_name, %source, dialled = %dialled, codec = neg.codec.name(), telephone_event = neg.telephone_event.is_some(), "inbound call to the echo line");
         metrics::counter!("switchboard_sip_calls_total", "route" => "echo").increment(1);
         let mut call = Call {
@@ -493,6 +581,10 @@ impl Ua {
             session_id: rand::random::<u32>().into(),
             sdp_version: 1,
             trunk: trunk_name,
+            leg: None,
+            record_route,
+            remote_target,
+            local_cseq: 0,
         };
         if answer_after_ms > 0 {
             let contact = self.contact(&peer);
@@ -530,12 +622,29 @@ impl Ua {
             send: call.neg.answered.sends(),
             signalling_ip: call.peer.addr().ip(),
         };
+        let link = match (&call.leg, &self.settings.bridge) {
+            (Some(leg), Some(deps)) => match &leg.call_id {
+                Some(room) => Some(BridgeMedia {
+                    media: deps.media.clone(),
+                    hub: deps.hub.clone(),
+                    conn: leg.conn,
+                    call_id: room.clone(),
+                    participant: leg.participant,
+                    label: leg.raw_id.clone(),
+                }),
+                None => return,
+            },
+            _ => None,
+        };
         let media = self
             .ports
             .allocate(bind)
             .map_err(|e| e.to_string())
-            .and_then(|s| {
-                MediaSession::start_echo(call_id.to_string(), s, params).map_err(|e| e.to_string())
+            .and_then(|s| match link {
+                Some(link) => bridge::start_media(call_id.to_string(), s, params, link)
+                    .map_err(|e| e.to_string()),
+                None => MediaSession::start_echo(call_id.to_string(), s, params)
+                    .map_err(|e| e.to_string()),
             });
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
@@ -778,7 +887,7 @@ impl Ua {
             .await;
             return;
         }
-        let ringing = matches!(call.state, State::Ringing(_));
+        let ringing = call.early();
         let (tag, invite_base, invite_peer) =
             (call.local_tag.clone(), call.base.clone(), call.peer.clone());
         // The CANCEL itself is always answered 200 when its INVITE is known (RFC 3261 §9.2).
@@ -805,6 +914,8 @@ impl Ua {
         if let Some(call) = self.calls.get_mut(call_id) {
             call.state = State::Ended;
             call.media = None;
+            // The browsers stop ringing (487): the hub leg hangs up as it drops.
+            call.leg = None;
             call.last_invite_response = r.clone();
             if invite_peer.reliable() {
                 self.calls.remove(call_id);
@@ -853,7 +964,7 @@ impl Ua {
             "BYE" => {
                 if let Some(c) = self.calls.remove(call_id) {
                     tracing::info!(call_id, trunk = %c.trunk, "BYE: call ended");
-                    if matches!(c.state, State::Ringing(_)) {
+                    if c.early() {
                         // A BYE in the early dialog ends the INVITE too (RFC 3261 §15.1.2).
                         self.reply(
                             &c.peer,
@@ -874,6 +985,11 @@ impl Ua {
                 match dtmf::parse_info(ct, &body) {
                     Some((event, duration)) => {
                         report_dtmf(call_id, event, DtmfSource::Info, duration);
+                        if let (dtmf::ToneEvent::Digit(d), Some(leg)) =
+                            (event, self.calls.get(call_id).and_then(|c| c.leg.as_ref()))
+                        {
+                            leg.send_dtmf(d);
+                        }
                         self.reply(&peer, &base, (200, "OK"), None, &[], b"").await
                     }
                     None if msg.body.is_empty() => {
@@ -898,6 +1014,183 @@ impl Ua {
             }
         };
         self.finals.insert(key, (r, Instant::now() + 64 * T1));
+    }
+
+    /// What the hub told the connection of a bridged dialog: progress of the browser call.
+    async fn on_hub_event(&mut self, ev: HubEvent) {
+        let sip_call_id = ev.sip_call_id;
+        let Some(call) = self.calls.get_mut(&sip_call_id) else {
+            return;
+        };
+        let Outbound::Message(msg) = ev.message else {
+            return;
+        };
+        match msg {
+            ServerMessage::Response {
+                ok: false,
+                error,
+                id,
+                ..
+            } if call.early() && id == bridge::START_REQUEST => {
+                // `startCall` refused (not a communication user id, too many calls...).
+                let code = error
+                    .as_ref()
+                    .and_then(|e| e.get("code"))
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("");
+                let status = match code {
+                    "BadTarget" | "SelfCall" => (404, "Not Found"),
+                    "TooManyCalls" => (486, "Busy Here"),
+                    _ => (480, "Temporarily Unavailable"),
+                };
+                tracing::info!(call_id = %sip_call_id, hub_error = code, status = status.0, "browser call refused");
+                self.finish_early(&sip_call_id, status).await;
+            }
+            ServerMessage::Response {
+                ok: true, result, ..
+            } => {
+                if let (Some(leg), Some(id)) = (
+                    call.leg.as_mut(),
+                    result
+                        .as_ref()
+                        .and_then(|r| r.get("callId"))
+                        .and_then(|c| c.as_str()),
+                ) && leg.call_id.is_none()
+                {
+                    leg.call_id = Some(id.to_string());
+                }
+            }
+            ServerMessage::CallStateChanged {
+                call_id: hub_call,
+                state,
+                end_reason,
+            } => {
+                if let Some(leg) = call.leg.as_mut()
+                    && leg.call_id.is_none()
+                {
+                    leg.call_id = Some(hub_call);
+                }
+                match state {
+                    "Ringing" if call.state == State::Proceeding => {
+                        let (peer, base, tag) =
+                            (call.peer.clone(), call.base.clone(), call.local_tag.clone());
+                        let contact = self.contact(&peer);
+                        let r = self
+                            .reply(
+                                &peer,
+                                &base,
+                                (180, "Ringing"),
+                                Some(&tag),
+                                &[("Contact", contact)],
+                                b"",
+                            )
+                            .await;
+                        if let Some(c) = self.calls.get_mut(&sip_call_id) {
+                            c.last_invite_response = r;
+                        }
+                    }
+                    "Connected" if call.state == State::Proceeding => {
+                        tracing::info!(call_id = %sip_call_id, "browser answered: 200 OK");
+                        self.answer(&sip_call_id, Instant::now()).await;
+                    }
+                    "Disconnected" => {
+                        let code = end_reason.as_ref().map_or(0, |r| r.code);
+                        if let Some(leg) = call.leg.as_mut() {
+                            // The hub ended the call: nothing to hang up there.
+                            leg.call_id = None;
+                        }
+                        if call.early() {
+                            let status = match code {
+                                603 => (603, "Decline"),
+                                486 => (486, "Busy Here"),
+                                404 => (404, "Not Found"),
+                                408 => (408, "Request Timeout"),
+                                487 => (487, "Request Terminated"),
+                                _ => (480, "Temporarily Unavailable"),
+                            };
+                            tracing::info!(call_id = %sip_call_id, hub_code = code, status = status.0, "browser call ended before answer");
+                            self.finish_early(&sip_call_id, status).await;
+                        } else if call.state == State::Answered {
+                            tracing::info!(call_id = %sip_call_id, hub_code = code, "browser call ended: BYE");
+                            self.send_bye(&sip_call_id).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            ServerMessage::DtmfReceived { tone, .. } => {
+                if let (Some(media), Some(d)) = (&call.media, tone.chars().next()) {
+                    media.send_dtmf(d);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Final non-2xx response to a bridged INVITE that is still early; the call waits for its ACK.
+    async fn finish_early(&mut self, call_id: &str, (code, reason): (u16, &str)) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        call.leg = None;
+        call.state = State::Ended;
+        let (peer, base, tag) = (call.peer.clone(), call.base.clone(), call.local_tag.clone());
+        let r = self
+            .reply(&peer, &base, (code, reason), Some(&tag), &[], b"")
+            .await;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.last_invite_response = r.clone();
+            if peer.reliable() {
+                self.calls.remove(call_id);
+            } else {
+                call.retransmit = Some(Retransmit::new(r, Instant::now()));
+            }
+        }
+    }
+
+    /// Ends an answered dialog from our side: BYE to the remote target through the route set
+    /// (RFC 3261 §15.1.1), retransmitted over UDP until answered.
+    async fn send_bye(&mut self, call_id: &str) {
+        let Some(mut call) = self.calls.remove(call_id) else {
+            return;
+        };
+        call.leg = None;
+        call.local_cseq += 1;
+        let ip = self.local_ip(call.peer.addr().ip());
+        let host = if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        let port = self.settings.sip_port;
+        let transport = call.peer.transport();
+        let mut routes = String::new();
+        for r in &call.record_route {
+            routes.push_str(&format!("Route: {r}\r\n"));
+        }
+        let from = if call.base.to.contains(";tag=") {
+            call.base.to.clone()
+        } else {
+            format!("{};tag={}", call.base.to, call.local_tag)
+        };
+        let req = format!(
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {host}:{port};branch=z9hG4bK{b:016x};rport\r\nMax-Forwards: 70\r\n{routes}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nUser-Agent: {USER_AGENT}\r\nContent-Length: 0\r\n\r\n",
+            target = call.remote_target,
+            b = rand::random::<u64>(),
+            to = call.base.from,
+            cseq = call.local_cseq,
+        );
+        metrics::counter!("switchboard_sip_requests_sent_total", "method" => "BYE").increment(1);
+        self.send(&call.peer, req.as_bytes()).await;
+        if !call.peer.reliable() {
+            self.byes.insert(
+                call_id.to_string(),
+                PendingBye {
+                    peer: call.peer.clone(),
+                    retransmit: Retransmit::new(req.into_bytes(), Instant::now()),
+                },
+            );
+        }
     }
 
     async fn keepalives(&mut self, now: Instant) {
@@ -960,6 +1253,14 @@ impl Ua {
                 r.next = now + r.interval;
             }
         }
+        self.byes.retain(|_, b| now < b.retransmit.deadline);
+        for b in self.byes.values_mut() {
+            if now >= b.retransmit.next {
+                sends.push((b.peer.clone(), b.retransmit.bytes.clone()));
+                b.retransmit.interval = (b.retransmit.interval * 2).min(T2);
+                b.retransmit.next = now + b.retransmit.interval;
+            }
+        }
         for (p, b) in sends {
             self.send(&p, &b).await;
         }
@@ -969,6 +1270,19 @@ impl Ua {
         }
         metrics::gauge!("switchboard_sip_calls_active").set(self.calls.len() as f64);
     }
+}
+
+/// The URI of a name-addr (`"Bob" <sip:bob@h>;tag=1` -> `sip:bob@h`) or of an addr-spec
+/// (`sip:bob@h;tag=1` -> `sip:bob@h`).
+fn angle_uri(value: &str) -> Option<String> {
+    let v = value.trim();
+    if let Some(start) = v.find('<') {
+        let rest = &v[start + 1..];
+        let end = rest.find('>')?;
+        return Some(rest[..end].trim().to_string());
+    }
+    let uri = v.split(';').next()?.trim();
+    (!uri.is_empty()).then(|| uri.to_string())
 }
 
 fn body_sdp(msg: &Message) -> Option<Result<SessionDescription, sdp::SdpError>> {
