@@ -169,9 +169,38 @@ pub enum MediaNotice {
     },
 }
 
+/// A phone call the hub asks the SIP gateway to place (`startCall` to a `phoneNumber`). The hub has registered
+/// the phone leg's connection (`conn`, raw id `4:+E164`, media participant `participant`); what the hub tells
+/// that connection arrives on `events`. The gateway reports with [`HubCommand::PhoneProgress`],
+/// [`HubCommand::PhoneFailed`], and `accept`/`hangUp`/`sendDtmf` requests from `conn`.
+#[derive(Debug)]
+pub struct DialRequest {
+    /// The hub's call id (the SFU room).
+    pub call_id: String,
+    /// The number dialled, `+E164`.
+    pub number: String,
+    /// The caller's raw id.
+    pub caller: String,
+    /// The phone leg's connection.
+    pub conn: ConnId,
+    /// The phone leg's media participant (an SFU media agent).
+    pub participant: MediaParticipant,
+    /// Messages to the phone leg's connection.
+    pub events: mpsc::Receiver<Outbound>,
+}
+
 /// Commands to the hub.
 #[derive(Debug)]
 pub enum HubCommand {
+    /// Where phone calls go (the SIP gateway); without one, `startCall` to a phone number fails.
+    SetDialer(mpsc::UnboundedSender<DialRequest>),
+    /// The phone side of an outbound call progressed: `Ringing` (180) or `EarlyMedia` (183 with SDP).
+    PhoneProgress {
+        call_id: String,
+        state: &'static str,
+    },
+    /// The phone side of an outbound call failed before answering (busy, not found, no trunk...).
+    PhoneFailed { call_id: String, reason: EndReason },
     /// An authenticated connection.
     Register {
         conn: ConnId,
@@ -260,6 +289,8 @@ impl Hub {
             groups: HashMap::new(),
             participants: HashMap::new(),
             next_participant: 1,
+            dialer: None,
+            next_conn: hub.next_conn.clone(),
         };
         tokio::spawn(state.run(rx));
         hub
@@ -359,6 +390,10 @@ struct HubState {
     /// Media participant -> (call id, connection).
     participants: HashMap<MediaParticipant, (String, ConnId)>,
     next_participant: MediaParticipant,
+    /// The SIP gateway, for calls to phone numbers.
+    dialer: Option<mpsc::UnboundedSender<DialRequest>>,
+    /// Connection ids (shared with [`Hub::next_conn_id`]): phone legs get one.
+    next_conn: Arc<AtomicU64>,
 }
 
 /// End reasons used by the hub (codes and subcodes as docs/protocol.md lists them).
@@ -390,6 +425,9 @@ mod reason {
     }
     pub fn declined() -> EndReason {
         EndReason::new(603, 0, "call declined")
+    }
+    pub fn unavailable() -> EndReason {
+        EndReason::new(503, 0, "the SIP gateway is not available")
     }
 }
 
@@ -448,6 +486,21 @@ impl HubState {
                 );
             }
             HubCommand::Unregister { conn } => self.unregister(conn),
+            HubCommand::SetDialer(tx) => self.dialer = Some(tx),
+            HubCommand::PhoneProgress { call_id, state } => {
+                let Some(call) = self.calls.get(&call_id).filter(|c| c.ringing()) else {
+                    return;
+                };
+                let conns: Vec<ConnId> = call.legs.iter().map(|l| l.conn).collect();
+                for c in conns {
+                    self.send_state(c, &call_id, state, None);
+                }
+            }
+            HubCommand::PhoneFailed { call_id, reason } => {
+                if self.calls.get(&call_id).is_some_and(Call::ringing) {
+                    self.end_ringing(&call_id, reason.clone(), reason, None);
+                }
+            }
             HubCommand::Client { conn, msg } => self.client(conn, msg),
             HubCommand::Media(notice) => self.media_notice(notice),
             HubCommand::Kick {
@@ -571,10 +624,11 @@ impl HubState {
 
     fn identity_of(&self, participant: MediaParticipant) -> Option<String> {
         let (call_id, conn) = self.participants.get(&participant)?;
-        self.calls
-            .get(call_id)?
-            .leg_of(*conn)
-            .map(|l| l.identity.clone())
+        match self.calls.get(call_id)?.leg_of(*conn) {
+            Some(l) => Some(l.identity.clone()),
+            // A phone leg before the answer (early media): its connection is not a leg yet.
+            None => self.conns.get(conn).map(|c| c.identity.clone()),
+        }
     }
 
     /// Calls the connection is a leg of or is ringing out from.
@@ -691,6 +745,9 @@ impl HubState {
             let msg = format!("a 1:1 call needs exactly one target, got {n}");
             return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
         };
+        if let Some(number) = &target.phone_number {
+            return self.start_phone_call(conn, id, number.clone());
+        }
         let callee = target.communication_user_id.clone();
         if !is_communication_user_id(&callee) {
             let msg = "target is not a communication user id (8:acs:{resourceId}_{uuid})";
@@ -743,6 +800,82 @@ impl HubState {
             },
         );
         self.update_gauges();
+        if let Some(tx) = self.tx.upgrade() {
+            let ring = self.config.ring_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(ring).await;
+                let _ = tx.send(HubCommand::RingTimeout { call_id });
+            });
+        }
+    }
+
+    /// `startCall` to a phone number: the SIP gateway places the call ([`DialRequest`]); its connection for the
+    /// phone leg is registered here, under the number's raw id, so that the call's end while ringing reaches it
+    /// (`incomingCallEnded`) like any callee's.
+    fn start_phone_call(&mut self, conn: ConnId, id: RequestId, number: String) {
+        let digits = number.strip_prefix('+').unwrap_or("");
+        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            let msg = "phoneNumber must be E.164: + and 1 to 15 digits";
+            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
+        }
+        let Some(dialer) = self.dialer.clone() else {
+            let msg = "phone numbers cannot be called: no SIP gateway runs";
+            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
+        };
+        if self.too_many_calls(conn, &id) {
+            return;
+        }
+        let call_id = uuid::Uuid::new_v4().to_string();
+        let Some(caller) = self.leg(conn, &call_id) else {
+            return;
+        };
+        let raw = format!("4:{number}");
+        let phone_conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let participant = self.next_participant;
+        self.next_participant += 1;
+        let (out, events, _overflow) = OutboundTx::channel();
+        self.conns.insert(
+            phone_conn,
+            Conn {
+                identity: raw.clone(),
+                display_name: None,
+                out,
+                agent: Some(participant),
+            },
+        );
+        self.by_identity
+            .entry(raw.clone())
+            .or_default()
+            .insert(phone_conn);
+        self.participants
+            .insert(participant, (call_id.clone(), phone_conn));
+        self.send(conn, ServerMessage::ok(id, json!({ "callId": call_id })));
+        self.send_state(conn, &call_id, "Connecting", None);
+        tracing::info!(call_id, caller = %caller.identity, %number, "phone call: dialling");
+        metrics::counter!("switchboard_calls_started_total", "kind" => "phone").increment(1);
+        let request = DialRequest {
+            call_id: call_id.clone(),
+            number,
+            caller: caller.identity.clone(),
+            conn: phone_conn,
+            participant,
+            events,
+        };
+        self.calls.insert(
+            call_id.clone(),
+            Call {
+                kind: Kind::OneToOne {
+                    callee_identity: raw,
+                    phase: Phase::Ringing,
+                },
+                legs: vec![caller],
+            },
+        );
+        self.update_gauges();
+        if dialer.send(request).is_err() {
+            self.end_ringing(&call_id, reason::unavailable(), reason::unavailable(), None);
+            return;
+        }
         if let Some(tx) = self.tx.upgrade() {
             let ring = self.config.ring_timeout;
             tokio::spawn(async move {

@@ -149,6 +149,7 @@ impl HubLeg {
                 id: json!(START_REQUEST),
                 targets: vec![Target {
                     communication_user_id: callee.to_string(),
+                    phone_number: None,
                 }],
                 video: false,
             },

@@ -10,7 +10,9 @@
 //! empty Via parameters); and its `Method` is a closed enum, so an unknown method fails to parse and gets no 501.
 
 pub mod bridge;
+pub mod digest;
 pub mod media;
+pub mod outbound;
 pub mod transcode;
 pub mod transport;
 pub mod ua;

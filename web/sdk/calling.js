@@ -127,9 +127,11 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * @returns {CommunicationUserIdentifier}
  */
 function toIdentifier(target) {
-  if (typeof target === "string") return { communicationUserId: target };
+  if (typeof target === "string") return target.startsWith("4:") ? identifierOf({ phoneNumber: target.slice(2) }) : { communicationUserId: target };
   if (target && typeof target.communicationUserId === "string") return { communicationUserId: target.communicationUserId };
-  throw sdkError("BadTarget", "a call target must be { communicationUserId }");
+  // A phone number (E.164): the server calls it through the SIP gateway.
+  if (target && typeof target.phoneNumber === "string") return identifierOf({ phoneNumber: target.phoneNumber });
+  throw sdkError("BadTarget", "a call target must be { communicationUserId } or { phoneNumber }");
 }
 
 /**
@@ -270,7 +272,9 @@ export class CallAgent extends Emitter {
   /**
    * Starts a 1:1 call. Returns the Call at once (state "None"); it moves to "Connecting", "Ringing",
    * "Connected" and finally "Disconnected" (see `call.callEndReason`).
-   * @param {CommunicationUserIdentifier[]} participants exactly one communication user
+   * @param {CommunicationUserIdentifier[]} participants exactly one: a communication user, or `{ phoneNumber: "+1..." }`
+   *   (called through the SIP gateway; states `Connecting`, `Ringing` (180), `EarlyMedia` (183: the phone's audio
+   *   plays), `Connected`)
    * @param {CallOptions} [options] `{audio: true, video: true}`
    * @returns {Call}
    */
@@ -281,7 +285,7 @@ export class CallAgent extends Emitter {
     if (list.length !== 1) throw sdkError("BadTarget", "a call needs exactly one participant");
     const target = toIdentifier(list[0]);
     const call = new Call(this, "Outgoing", mediaOptions(options));
-    call._addRemoteParticipant({ communicationUserId: target.communicationUserId, displayName: "", state: "Connecting", isMuted: false }, true);
+    call._addRemoteParticipant({ communicationUserId: idOf(target), phoneNumber: target.phoneNumber, displayName: "", state: "Connecting", isMuted: false }, true);
     this._addCall(call);
     call._runOutgoing(target);
     return call;

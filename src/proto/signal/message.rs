@@ -9,12 +9,16 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// A client-chosen request id: a string or a 64-bit integer, echoed in the response exactly.
 pub type RequestId = Value;
 
-/// A call target. Only communication users exist in this version; phone numbers come with the SIP gateway.
+/// A call target: a communication user, or a phone number (called through the SIP gateway).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
-    /// `8:acs:{resourceId}_{uuid}`.
+    /// `8:acs:{resourceId}_{uuid}` (empty for a phone number).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub communication_user_id: String,
+    /// `+E164` for a phone number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
 }
 
 /// Who calls, in `incomingCall` (ACS `CommunicationIdentifier` shapes): a communication user
@@ -598,7 +602,8 @@ mod tests {
             ClientMessage::StartCall {
                 id: Value::from(3),
                 targets: vec![Target {
-                    communication_user_id: "8:acs:a_b".into()
+                    communication_user_id: "8:acs:a_b".into(),
+                    phone_number: None,
                 }],
                 video: false
             }
