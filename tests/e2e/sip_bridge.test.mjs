@@ -251,6 +251,9 @@ user = "${bobFirst.communicationUserId}"
       assert.equal(await page.evaluate(() => window.call.callEndReason.code), 0);
       const { code, stderr } = await sipp.done;
       assert.equal(code, 0, `sipp scenario failed:\n${stderr}`);
+    } catch (e) {
+      capture.kill();
+      throw e;
     } finally {
       sipp.kill();
     }
@@ -280,6 +283,9 @@ user = "${bobFirst.communicationUserId}"
       await page.evaluate(() => window.call.hangUp());
       const { code, stderr } = await sipp.done;
       assert.equal(code, 0, `sipp scenario failed (no BYE from the gateway?):\n${stderr}`);
+    } catch (e) {
+      capture.kill();
+      throw e;
     } finally {
       sipp.kill();
     }

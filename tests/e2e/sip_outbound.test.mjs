@@ -4,9 +4,14 @@
 // Ringing -> Connected, receives more than 100 audio packets with energy, hangs up, and the gateway's BYE ends sipp's
 // scenario (exit code 0).
 //
-// Needs sipp besides Chromium; scripts/test installs it. Run: cd tests/e2e && node --test sip_outbound.test.mjs
+// The digest answer is also recomputed here from the INVITE captured on loopback (tcpdump): sipp's verifyauth reads
+// only `Authorization`, not `Proxy-Authorization`.
+//
+// Needs sipp and tcpdump (root) besides Chromium; scripts/test installs them.
+// Run: cd tests/e2e && node --test sip_outbound.test.mjs
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -23,7 +28,48 @@ let releaseSlot = () => {};
 let carrierPort;
 let configDir;
 
-const tools = spawnSync("sh", ["-c", "command -v sipp"]).status === 0;
+const tools = ["sipp", "tcpdump"].every((b) => spawnSync("sh", ["-c", `command -v ${b}`]).status === 0);
+
+/** Captures on loopback the UDP datagrams sent to the carrier's SIP port; stop() returns their payloads as text. */
+async function captureSip() {
+  const file = path.join(os.tmpdir(), `sb-outbound-${process.pid}.pcap`);
+  const child = spawn("tcpdump", ["-i", "lo", "-n", "-U", "-w", file, `udp and dst port ${carrierPort}`], { stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  child.stderr.on("data", (d) => (err += d));
+  await pollUntil(async () => err, (e) => e.includes("listening on"), { timeoutMs: 10000, what: "tcpdump to start" });
+  return {
+    async stop() {
+      child.kill("SIGINT");
+      await new Promise((resolve) => child.once("exit", resolve));
+      const buf = fs.readFileSync(file);
+      fs.rmSync(file, { force: true });
+      const le = buf.readUInt32LE(0) === 0xa1b2c3d4;
+      const u32 = (o) => (le ? buf.readUInt32LE(o) : buf.readUInt32BE(o));
+      const linkLen = { 1: 14, 113: 16, 276: 20 }[u32(20)] ?? 14;
+      const out = [];
+      for (let o = 24; o + 16 <= buf.length; ) {
+        const caplen = u32(o + 8);
+        const ip = buf.subarray(o + 16 + linkLen, o + 16 + caplen);
+        o += 16 + caplen;
+        if (ip.length < 28 || ip[0] >> 4 !== 4 || ip[9] !== 17) continue;
+        out.push(ip.subarray((ip[0] & 0x0f) * 4 + 8).toString("latin1"));
+      }
+      return out;
+    },
+    kill: () => child.kill("SIGKILL"),
+  };
+}
+
+/** Checks a Proxy-Authorization value against RFC 2617 (MD5, qop=auth) for INVITE with the carrier's password. */
+function digestValid(header, password) {
+  const p = {};
+  for (const m of header.matchAll(/(\w+)=(?:"([^"]*)"|([^,\s]+))/g)) p[m[1]] = m[2] ?? m[3];
+  const md5 = (x) => crypto.createHash("md5").update(x).digest("hex");
+  const ha1 = md5(`${p.username}:${p.realm}:${password}`);
+  const ha2 = md5(`INVITE:${p.uri}`);
+  const expected = p.qop ? md5(`${ha1}:${p.nonce}:${p.nc}:${p.cnonce}:${p.qop}:${ha2}`) : md5(`${ha1}:${p.nonce}:${ha2}`);
+  return { ok: expected === p.response, params: p };
+}
 
 /** Starts sipp as the carrier (UAS); resolves with its exit code and error log when the call is over. */
 function startCarrier() {
@@ -100,6 +146,7 @@ keepalive_secs = 0
 
   test("407 digest answered, Ringing then Connected, the carrier's audio heard, the browser's hang-up sends BYE", async () => {
     const page = browser.page;
+    const capture = await captureSip();
     const carrier = startCarrier();
     try {
       await page.evaluate(() => {
@@ -132,8 +179,20 @@ keepalive_secs = 0
       const { code, stderr } = await carrier.done;
       assert.equal(code, 0, `carrier scenario failed (digest refused, or no BYE?):\n${stderr}`);
       assert.equal(await page.evaluate(() => window.call.callEndReason.code), 0);
+    } catch (e) {
+      capture.kill();
+      throw e;
     } finally {
       carrier.kill();
     }
+    const sent = await capture.stop();
+    const invites = sent.filter((m) => m.startsWith("INVITE "));
+    assert.equal(invites.length, 2, "the INVITE, then the one with credentials");
+    const auth = invites[1].split("\r\n").find((l) => l.toLowerCase().startsWith("proxy-authorization:"));
+    assert.ok(auth, "the second INVITE answers the 407 with Proxy-Authorization");
+    const { ok, params } = digestValid(auth.slice(auth.indexOf(":") + 1), "s3cret");
+    assert.ok(ok, `the digest response is right for the trunk's password: ${JSON.stringify(params)}`);
+    assert.equal(params.username, "carrier");
+    assert.ok(!digestValid(auth.slice(auth.indexOf(":") + 1), "wrong").ok, "and wrong for another password");
   });
 });
