@@ -275,3 +275,53 @@ async fn an_answered_call_connects_and_the_carriers_bye_ends_it() {
     assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
     s.running.shutdown().await;
 }
+
+/// Sum of the samples of a metric in `/metrics`.
+async fn metric(s: &TestServer, name: &str) -> f64 {
+    sip_support::counter(s, name, &[]).await
+}
+
+#[tokio::test]
+async fn early_media_joins_the_room_at_183_and_a_later_486_frees_it() {
+    let carrier = Carrier::new().await;
+    let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let s = server(44500, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    let answer = format!(
+        "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n",
+        media.local_addr().unwrap().port()
+    );
+    carrier
+        .respond(gw, &invite, 183, "Session Progress", &answer)
+        .await;
+    alice
+        .event(Duration::from_secs(5), state_event(&call_id, "EarlyMedia"))
+        .await;
+    // The phone's media agent is in the call's SFU room before the answer (the caller has no media yet).
+    let mut rooms = 0.0;
+    for _ in 0..50 {
+        rooms = metric(&s, "switchboard_media_rooms").await;
+        if rooms == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rooms, 1.0, "the agent's room exists during early media");
+    assert_eq!(ports_in_use(&s), 1);
+    carrier.respond(gw, &invite, 486, "Busy Here", "").await;
+    carrier.request("ACK").await;
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 486, "{ev}");
+    for _ in 0..50 {
+        rooms = metric(&s, "switchboard_media_rooms").await;
+        if rooms == 0.0 && ports_in_use(&s) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rooms, 0.0, "the agent left the SFU with the failed call");
+    assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
+    s.running.shutdown().await;
+}

@@ -1216,6 +1216,17 @@ impl HubState {
         else {
             return;
         };
+        // A phone callee's media agent joins the room at early media (183), before it is a leg: free it too.
+        let stray: Vec<MediaParticipant> = self
+            .participants
+            .iter()
+            .filter(|(_, (c, conn))| c == call_id && call.leg_of(*conn).is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stray {
+            self.media.remove(p);
+            self.participants.remove(&p);
+        }
         for leg in &call.legs {
             self.free_leg(leg);
             self.send_state(leg.conn, call_id, "Disconnected", Some(to_caller.clone()));
