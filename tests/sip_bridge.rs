@@ -176,7 +176,7 @@ async fn incoming(bob: &mut Client) -> Value {
 
 #[tokio::test]
 async fn ringing_shows_the_callers_number_sends_180_and_reject_answers_603() {
-    let (s, _id, token) = bridged_server(43000).await;
+    let (s, _id, token) = bridged_server(46000).await;
     let mut bob = Client::authed(&s.ws_url(), &token, "Bob").await;
     let mut phone = Phone::new(sip_udp(&s)).await;
     phone.invite().await;
@@ -204,7 +204,7 @@ async fn ringing_shows_the_callers_number_sends_180_and_reject_answers_603() {
 
 #[tokio::test]
 async fn offline_user_answers_480() {
-    let (s, _id, _token) = bridged_server(43100).await;
+    let (s, _id, _token) = bridged_server(46100).await;
     let mut phone = Phone::new(sip_udp(&s)).await;
     phone.invite().await;
     let got = phone.until(0).await;
@@ -218,7 +218,7 @@ async fn offline_user_answers_480() {
 
 #[tokio::test]
 async fn cancel_ends_the_ringing_in_the_browser() {
-    let (s, _id, token) = bridged_server(43200).await;
+    let (s, _id, token) = bridged_server(46200).await;
     let mut bob = Client::authed(&s.ws_url(), &token, "Bob").await;
     let mut phone = Phone::new(sip_udp(&s)).await;
     phone.invite().await;
@@ -250,7 +250,7 @@ async fn cancel_ends_the_ringing_in_the_browser() {
 
 #[tokio::test]
 async fn accept_answers_200_with_sdp_info_dtmf_arrives_and_the_phones_bye_ends_the_call() {
-    let (s, _id, token) = bridged_server(43300).await;
+    let (s, _id, token) = bridged_server(46300).await;
     let mut bob = Client::authed(&s.ws_url(), &token, "Bob").await;
     let mut phone = Phone::new(sip_udp(&s)).await;
     phone.invite().await;
@@ -304,7 +304,7 @@ async fn accept_answers_200_with_sdp_info_dtmf_arrives_and_the_phones_bye_ends_t
 
 #[tokio::test]
 async fn the_browsers_hang_up_sends_bye_to_the_phone() {
-    let (s, _id, token) = bridged_server(43400).await;
+    let (s, _id, token) = bridged_server(46400).await;
     let mut bob = Client::authed(&s.ws_url(), &token, "Bob").await;
     let mut phone = Phone::new(sip_udp(&s)).await;
     phone.invite().await;

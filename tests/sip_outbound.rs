@@ -123,7 +123,7 @@ fn cseq_method(m: &Message) -> String {
 #[tokio::test]
 async fn busy_486_ends_the_call_with_486_and_the_final_response_is_acked() {
     let carrier = Carrier::new().await;
-    let s = server(44000, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let s = server(47000, vec![trunk("carrier", carrier.addr(), "+1")]).await;
     let mut alice = caller(&s).await;
     let call_id = call(&mut alice, "+15550100").await;
     let (invite, gw) = carrier.request("INVITE").await;
@@ -158,7 +158,7 @@ async fn a_503_fails_over_to_the_next_trunk_and_its_404_ends_the_call() {
     let first = Carrier::new().await;
     let second = Carrier::new().await;
     let s = server(
-        44100,
+        47100,
         vec![
             trunk("primary", first.addr(), "+1555"),
             trunk("backup", second.addr(), "+1"),
@@ -186,7 +186,7 @@ async fn a_503_fails_over_to_the_next_trunk_and_its_404_ends_the_call() {
 #[tokio::test]
 async fn a_number_no_trunk_serves_ends_with_404() {
     let carrier = Carrier::new().await;
-    let s = server(44200, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let s = server(47200, vec![trunk("carrier", carrier.addr(), "+1")]).await;
     let mut alice = caller(&s).await;
     let call_id = call(&mut alice, "+4420700000").await;
     let ev = ended(&mut alice, &call_id).await;
@@ -204,7 +204,7 @@ async fn a_number_no_trunk_serves_ends_with_404() {
 #[tokio::test]
 async fn hanging_up_while_it_rings_sends_cancel_and_acks_the_487() {
     let carrier = Carrier::new().await;
-    let s = server(44300, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let s = server(47300, vec![trunk("carrier", carrier.addr(), "+1")]).await;
     let mut alice = caller(&s).await;
     let call_id = call(&mut alice, "+15550100").await;
     let (invite, gw) = carrier.request("INVITE").await;
@@ -237,7 +237,7 @@ async fn hanging_up_while_it_rings_sends_cancel_and_acks_the_487() {
 async fn an_answered_call_connects_and_the_carriers_bye_ends_it() {
     let carrier = Carrier::new().await;
     let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let s = server(44400, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let s = server(47400, vec![trunk("carrier", carrier.addr(), "+1")]).await;
     let mut alice = caller(&s).await;
     let call_id = call(&mut alice, "+15550100").await;
     let (invite, gw) = carrier.request("INVITE").await;
@@ -285,7 +285,7 @@ async fn metric(s: &TestServer, name: &str) -> f64 {
 async fn early_media_joins_the_room_at_183_and_a_later_486_frees_it() {
     let carrier = Carrier::new().await;
     let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let s = server(44500, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let s = server(47500, vec![trunk("carrier", carrier.addr(), "+1")]).await;
     let mut alice = caller(&s).await;
     let call_id = call(&mut alice, "+15550100").await;
     let (invite, gw) = carrier.request("INVITE").await;
