@@ -5,11 +5,16 @@
 // sendDtmf("5") must reach sipp as RFC 4733 event 5 (three end packets), captured on loopback with tcpdump, and the
 // browser's microphone (Chromium's fake beep) must reach sipp as PCMA with energy.
 //
-// Needs sipp and tcpdump (root) besides Chromium; scripts/test installs them.
+// Run 3 (acceptance 3, a real phone): baresip calls in, the browser (its microphone a speech-band WAV) answers; hold and
+// resume from baresip keep the call (nothing is sent to it while on hold), and baresip's recording of what it heard has
+// speech-band energy.
+//
+// Needs sipp, tcpdump (root) and baresip besides Chromium; scripts/test installs them.
 // Run: cd tests/e2e && node --test sip_bridge.test.mjs
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -183,7 +188,69 @@ function audioIn(page) {
   });
 }
 
-const tools = have("sipp") && have("tcpdump");
+const tools = have("sipp") && have("tcpdump") && have("baresip");
+
+/** A 16-bit mono PCM WAV. */
+function wav(samples, rate) {
+  const b = Buffer.alloc(44 + samples.length * 2);
+  b.write("RIFF", 0);
+  b.writeUInt32LE(36 + samples.length * 2, 4);
+  b.write("WAVEfmt ", 8);
+  b.writeUInt32LE(16, 16);
+  b.writeUInt16LE(1, 20);
+  b.writeUInt16LE(1, 22);
+  b.writeUInt32LE(rate, 24);
+  b.writeUInt32LE(rate * 2, 28);
+  b.writeUInt16LE(2, 32);
+  b.writeUInt16LE(16, 34);
+  b.write("data", 36);
+  b.writeUInt32LE(samples.length * 2, 40);
+  samples.forEach((v, i) => b.writeInt16LE(v, 44 + i * 2));
+  return b;
+}
+
+/** Samples of a 16-bit PCM WAV (its `data` chunk) and its rate. */
+function readWav(buf) {
+  const rate = buf.readUInt32LE(24);
+  for (let o = 12; o + 8 <= buf.length; ) {
+    const len = buf.readUInt32LE(o + 4);
+    if (buf.toString("latin1", o, o + 4) === "data") {
+      const end = Math.min(buf.length, o + 8 + len);
+      const out = [];
+      for (let i = o + 8; i + 1 < end; i += 2) out.push(buf.readInt16LE(i) / 32768);
+      return { samples: out, rate };
+    }
+    o += 8 + len + (len & 1);
+  }
+  return { samples: [], rate };
+}
+
+/** 3 s of a speech-band signal at 48 kHz: 300-2500 Hz partials with a 4 Hz syllable-like envelope. */
+function speechLike() {
+  const rate = 48000;
+  const out = [];
+  for (let i = 0; i < rate * 3; i++) {
+    const t = i / rate;
+    const env = 0.5 + 0.5 * Math.sin(2 * Math.PI * 4 * t);
+    const v = [300, 700, 1200, 2500].reduce((a, f) => a + Math.sin(2 * Math.PI * f * t), 0) / 4;
+    out.push(Math.round(0.5 * env * v * 32767));
+  }
+  return wav(out, rate);
+}
+
+/** Power of `samples` at `freq` (Goertzel). */
+function goertzel(samples, rate, freq) {
+  const w = (2 * Math.PI * freq) / rate;
+  const c = 2 * Math.cos(w);
+  let s1 = 0;
+  let s2 = 0;
+  for (const x of samples) {
+    const s0 = x + c * s1 - s2;
+    s2 = s1;
+    s1 = s0;
+  }
+  return s1 * s1 + s2 * s2 - c * s1 * s2;
+}
 
 describe("SIP gateway: a phone call bridged to a browser", { skip: !tools && "sipp or tcpdump missing (scripts/test installs them)" }, () => {
   before(async () => {
@@ -217,7 +284,9 @@ user = "${bobFirst.communicationUserId}"
     server = await startServer({ label: "sip_bridge", dataDir, extraArgs: ["--config", config] });
     bob = await demoSignIn(server.httpUrl, "bob");
     assert.equal(bob.communicationUserId, bobFirst.communicationUserId);
-    browser = await launchBrowser("bob");
+    // Bob's microphone is a speech-band signal (looped by Chromium), so what a phone hears can be checked.
+    fs.writeFileSync(path.join(dataDir, "speech.wav"), speechLike());
+    browser = await launchBrowser("bob", { extraArgs: [`--use-file-for-fake-audio-capture=${path.join(dataDir, "speech.wav")}`] });
     await browser.page.goto(`${server.httpUrl}/`);
     await connectAgent(browser.page, bob.token);
   });
@@ -267,6 +336,114 @@ user = "${bobFirst.communicationUserId}"
     assert.equal(new Set(fives.map((e) => e.timestamp)).size, 1, "one timestamp for the whole event");
     assert.ok(fives[0].marker, "the event's first packet has the marker bit");
     assert.ok(wire.events.every((e) => e.event === 5), "no other event was sent");
+  });
+
+  test("baresip calls in, the browser answers: hold/resume from baresip keeps the call, and its recording has speech-band energy from the browser's audio file", async () => {
+    const page = browser.page;
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sb-bridge-baresip-"));
+    const out = path.join(dir, "out");
+    fs.mkdirSync(out);
+    // baresip sends silence (no audio source file) and records what it hears (sndfile: *-dec.wav).
+    fs.writeFileSync(path.join(dir, "silence.wav"), wav(new Array(8000 * 12).fill(0), 8000));
+    const port = 27000 + (process.pid % 500) * 4;
+    fs.writeFileSync(
+      path.join(dir, "config"),
+      [
+        "poll_method\tepoll",
+        `sip_listen\t127.0.0.1:${port}`,
+        "sip_transports\tudp",
+        "call_local_timeout\t120",
+        "audio_player\taubridge,nil",
+        `audio_source\taufile,${path.join(dir, "silence.wav")}`,
+        "audio_alert\taubridge,nil",
+        "ausrc_srate\t8000",
+        "ausrc_channels\t1",
+        `rtp_ports\t${port + 10}-${port + 30}`,
+        "net_interface\t127.0.0.1",
+        "module_path\t/usr/lib/baresip/modules",
+        "module\tg711.so",
+        "module\taufile.so",
+        "module\taubridge.so",
+        "module\tsndfile.so",
+        "module_tmp\taccount.so",
+        "module_app\tmenu.so",
+        "module_app\tctrl_tcp.so",
+        `ctrl_tcp_listen\t127.0.0.1:${port + 2}`,
+        `snd_path\t${out}`,
+        "",
+      ].join("\n"),
+    );
+    fs.writeFileSync(path.join(dir, "accounts"), `<sip:${CALLER}@127.0.0.1:${port};transport=udp>;regint=0;audio_codecs=PCMU,PCMA\n`);
+    fs.writeFileSync(path.join(dir, "contacts"), "");
+    const child = spawn("baresip", ["-f", dir, "-e", `/dial sip:${NUMBER}@127.0.0.1:${sipPort}`, "-t", "14"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    let log = "";
+    child.stdout.on("data", (d) => (log += d));
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    /** Sends a command to baresip's ctrl_tcp module (netstring-framed JSON). */
+    const ctrl = (command) =>
+      new Promise((resolve, reject) => {
+        const body = JSON.stringify({ command, params: "", token: "t" });
+        // baresip keeps the control connection open: give it 200 ms to act, then close it.
+        const sock = net.connect(port + 2, "127.0.0.1", () =>
+          sock.write(`${body.length}:${body},`, () =>
+            setTimeout(() => {
+              sock.destroy();
+              resolve();
+            }, 200),
+          ),
+        );
+        sock.on("error", reject);
+      });
+    /** RTP packets the gateway sent so far (all calls). */
+    const sent = async () => {
+      const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith("switchboard_sip_rtp_packets_total") && l.includes('direction="sent"'));
+      return line ? Number(line.split(" ").pop()) : 0;
+    };
+    try {
+      await acceptPhoneCall(page);
+      await sleep(2500);
+      await ctrl("hold");
+      await sleep(500);
+      const holdStart = await sent();
+      await sleep(1500);
+      const onHold = (await sent()) - holdStart;
+      await ctrl("resume");
+      await sleep(300);
+      const resumed = await sent();
+      await sleep(1500);
+      const afterResume = (await sent()) - resumed;
+      console.log(`baresip hold/resume: ${onHold} RTP packets to it in 1.5 s on hold, ${afterResume} in 1.5 s after resume`);
+      assert.equal(onHold, 0, "nothing is sent to a phone that put the call on hold (answered recvonly)");
+      assert.ok(afterResume >= 50, `the browser's audio flows again after resume: ${afterResume}`);
+      assert.equal(await page.evaluate(() => window.call.state), "Connected", "the browser's call went on");
+      await Promise.race([exited, sleep(30000)]);
+      assert.equal(log.match(/Call established/g)?.length, 1, `one call, kept through hold/resume:\n${log}`);
+      // baresip's sndfile recording covers the call up to the hold here (it does not record again after the resume;
+      // the RTP count above shows the audio flowing again): take every recording, analyse the longest.
+      const recs = fs.readdirSync(out).filter((f) => f.endsWith("-dec.wav"));
+      assert.ok(recs.length > 0, `baresip recorded what it heard: ${fs.readdirSync(out)}\n${log}`);
+      const heard = recs.map((f) => readWav(fs.readFileSync(path.join(out, f))));
+      const rate = heard[0].rate;
+      const total = heard.reduce((a, h) => a + h.samples.length, 0);
+      const { samples } = heard.reduce((a, h) => (h.samples.length > a.samples.length ? h : a));
+      // The last second of the longest recording: loud enough, and in the speech band.
+      const tail = samples.slice(-rate);
+      const rms = Math.sqrt(tail.reduce((a, x) => a + x * x, 0) / Math.max(1, tail.length));
+      const band = [300, 700, 1200, 2500].reduce((a, f) => a + goertzel(tail, rate, f), 0);
+      const off = [150, 3700].reduce((a, f) => a + goertzel(tail, rate, f), 0);
+      console.log(`baresip heard ${total} samples at ${rate} Hz in ${recs.length} recording(s); last second: RMS ${rms.toFixed(4)}, speech-band/off-band power ${(band / Math.max(off, 1e-9)).toFixed(1)}`);
+      assert.ok(total >= 1.5 * rate, `at least 1.5 s heard (the 2.5 s before the hold), got ${total} samples`);
+      assert.ok(tail.length >= rate, `a recording of at least 1 s, got ${tail.length} samples`);
+      assert.ok(rms > 0.01, `RMS ${rms} of what baresip heard`);
+      assert.ok(band > 20 * off, `speech-band partials dominate: ${band} vs ${off}`);
+      await page.waitForFunction(() => window.call.state === "Disconnected", null, { timeout: 20000, polling: 100 });
+    } finally {
+      child.kill("SIGKILL");
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("SIP INFO: digit 1 received once, sendDtmf(5) reaches the phone, the browser's hang-up sends BYE", async () => {
