@@ -160,6 +160,22 @@ impl MediaPlane for MediaAdapter {
 }
 
 /// Translates the SFU's events into the hub's vocabulary.
+impl crate::sip::bridge::AgentMedia for MediaHandle {
+    fn add_agent(
+        &self,
+        room: String,
+        participant: ParticipantId,
+        label: String,
+        sink: crate::sfu::AgentSink,
+    ) {
+        MediaHandle::add_agent(self, room, participant, label, sink);
+    }
+
+    fn agent_audio(&self, participant: ParticipantId, timestamp: u64, level: u8, opus: Vec<u8>) {
+        MediaHandle::agent_audio(self, participant, timestamp, level, opus);
+    }
+}
+
 fn media_notice(ev: SfuEvent) -> MediaNotice {
     match ev {
         SfuEvent::Connected { participant } => MediaNotice::Connected(participant.0),
@@ -261,6 +277,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .await
     .with_context(|| format!("binding media UDP port {}", config.media_port))?;
     let media_addrs = media.local_addrs();
+    let media_for_sip = media.clone();
     let hub = Hub::spawn(
         HubConfig {
             ring_timeout: Duration::from_secs(config.ring_timeout),
@@ -274,6 +291,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
 
+    let hub_for_sip = hub.clone();
     let state = AppState {
         identity: identity.clone(),
         hub,
@@ -357,6 +375,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 rtp_ports: (config.sip.rtp_port_min, config.sip.rtp_port_max),
                 advertise: config.public_ip,
                 router,
+                bridge: Some(crate::sip::bridge::BridgeDeps {
+                    hub: hub_for_sip,
+                    media: Arc::new(media_for_sip),
+                }),
             },
             shutdown.clone(),
         )

@@ -85,6 +85,7 @@ fn start_call(hub: &Hub, conn: &Conn, callee: &str) {
             id: json!(1),
             targets: vec![Target {
                 communication_user_id: callee.into(),
+                phone_number: None,
             }],
             video: false,
         },

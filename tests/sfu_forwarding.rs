@@ -1725,3 +1725,82 @@ fn churn_reuses_inactive_m_lines_so_the_sdp_stays_bounded() {
     );
     assert_eq!(net.sfu.subscription_count(), 4);
 }
+
+/// A server-side media agent (a SIP leg, DESIGN §5): its Opus frames reach a member on an m-line the SFU
+/// offered for it, the member's audio (not its video) reaches the agent's sink, and removing the agent stops
+/// its track.
+#[test]
+fn media_agent_publishes_audio_to_members_and_hears_their_audio() {
+    use std::sync::{Arc, Mutex};
+    use switchboard::sfu::{AgentAudio, AgentSink};
+
+    let mut net = Net::new();
+    let a = net.add_client(1, "10.0.0.2:5000", default_codecs);
+    let offer = net.clients[a].offer_without_candidates();
+    net.join(a, &offer);
+    net.connect_all();
+    let agent = ParticipantId(9);
+    let heard: Arc<Mutex<Vec<AgentAudio>>> = Arc::default();
+    let sink = heard.clone();
+    let now = net.now;
+    net.sfu
+        .add_agent(
+            now,
+            ROOM,
+            agent,
+            "4:+15550999",
+            AgentSink::new(move |x| sink.lock().unwrap().push(x)),
+        )
+        .expect("agent joins");
+    assert_eq!(net.sfu.room_count(), 1, "the agent joins the member's room");
+    assert!(
+        net.sfu
+            .add_agent(now, ROOM, ParticipantId(1), "x", AgentSink::new(|_| {}))
+            .is_err(),
+        "a live id is refused"
+    );
+    net.run_for(Duration::from_millis(200));
+    let offers = net.offers_to(ParticipantId(1));
+    let last = offers
+        .last()
+        .expect("a server offer with the agent's track");
+    assert_eq!(ids(last), [(agent, TrackSource::Audio)]);
+    for tick in 0..50u8 {
+        let now = net.now;
+        net.sfu.handle_agent_audio(
+            now,
+            agent,
+            u64::from(tick) * 960,
+            30,
+            &audio_frame(agent.0, tick),
+        );
+        net.talk(tick, Codec::Vp8, vp8_frame);
+    }
+    net.run_for(Duration::from_millis(200));
+    let got = payloads(&net.clients[a].media_from(agent, TrackSource::Audio));
+    assert!(got.len() >= 40, "{} agent frames at the member", got.len());
+    assert!(
+        got.iter().all(|p| p[1] == agent.0 as u8),
+        "they are the agent's"
+    );
+    let heard = heard.lock().unwrap().clone();
+    assert!(
+        heard.len() >= 40,
+        "{} member frames at the agent",
+        heard.len()
+    );
+    assert!(
+        heard
+            .iter()
+            .all(|x| x.agent == agent && x.from == ParticipantId(1) && x.data[0] == 0xa0),
+        "only the member's audio, no video"
+    );
+    net.sfu.remove_participant(agent);
+    net.run_for(Duration::from_millis(200));
+    let offers = net.offers_to(ParticipantId(1));
+    assert!(
+        offers.last().is_some_and(|t| t.is_empty()),
+        "the agent's track is stopped at the member"
+    );
+    assert_eq!(net.sfu.room_count(), 1);
+}

@@ -133,7 +133,7 @@ async fn untrusted_source_gets_403_and_nothing_else() {
     let uac = Uac::new("127.0.0.1:0", udp).await;
     uac.invite(USER, &offer(4000, true)).await;
     let got = udp_until(&uac.sock, Duration::from_secs(2), |m| code(m) >= 200).await;
-    assert_eq!(codes(&got), [100, 480], "user routes are phase 2: 480");
+    assert_eq!(codes(&got), [100, 480], "the routed user is offline: 480");
     s.running.shutdown().await;
 }
 

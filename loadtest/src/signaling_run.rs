@@ -69,6 +69,7 @@ async fn one_call(
     let t0 = Instant::now();
     let target = serde_json::to_value(vec![CallTarget {
         communication_user_id: callee_id.to_string(),
+        phone_number: None,
     }])
     .unwrap_or_default();
     let r = caller

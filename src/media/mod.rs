@@ -37,7 +37,7 @@ use tracing::{debug, info};
 
 #[cfg(doc)]
 use crate::sfu::Sfu;
-use crate::sfu::{ParticipantId, SfuError, SfuEvent, TrackSource};
+use crate::sfu::{AgentSink, ParticipantId, SfuError, SfuEvent, TrackSource};
 
 /// Where the media plane listens, and on how many workers.
 #[derive(Clone, Debug, Default)]
@@ -130,6 +130,18 @@ enum Command {
         mid: String,
         width: u32,
         height: u32,
+    },
+    AddAgent {
+        room: String,
+        participant: ParticipantId,
+        label: String,
+        sink: AgentSink,
+    },
+    AgentAudio {
+        participant: ParticipantId,
+        timestamp: u64,
+        level: u8,
+        opus: Vec<u8>,
     },
 }
 
@@ -294,6 +306,49 @@ impl MediaHandle {
                 mid,
                 width,
                 height,
+            },
+        );
+    }
+
+    /// Adds a server-side media agent (a SIP leg) to `room` ([`Sfu::add_agent`]) on the worker the room is pinned to: the audio the
+    /// room's other members publish goes to `sink` (called on the worker: it must not block), and
+    /// [`MediaHandle::agent_audio`] publishes the agent's own. Removed with
+    /// [`MediaHandle::remove`]. Fire and forget: a refused id is logged by the worker.
+    pub fn add_agent(
+        &self,
+        room: String,
+        participant: ParticipantId,
+        label: String,
+        sink: AgentSink,
+    ) {
+        let placed = self.placement().place(&room, participant);
+        if let Some(worker) = self.workers.get(placed.worker) {
+            // A send fails only when the worker stopped (shutdown): nothing to add then.
+            let _ = worker.send(Command::AddAgent {
+                room,
+                participant,
+                label,
+                sink,
+            });
+        }
+    }
+
+    /// Publishes one Opus frame of agent `participant` ([`Sfu::handle_agent_audio`]): `timestamp`
+    /// in 48 kHz units, `level` the RFC 6464 audio level (-dBov).
+    pub fn agent_audio(
+        &self,
+        participant: ParticipantId,
+        timestamp: u64,
+        level: u8,
+        opus: Vec<u8>,
+    ) {
+        self.send(
+            participant,
+            Command::AgentAudio {
+                participant,
+                timestamp,
+                level,
+                opus,
             },
         );
     }

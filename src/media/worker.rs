@@ -216,6 +216,22 @@ fn apply(sfu: &mut Sfu, command: Command) {
                 debug!(%participant, %mid, error = %e, "preferred video size ignored");
             }
         }
+        Command::AddAgent {
+            room,
+            participant,
+            label,
+            sink,
+        } => {
+            if let Err(e) = sfu.add_agent(Instant::now(), &room, participant, &label, sink) {
+                info!(%participant, %room, error = %e, "media agent refused");
+            }
+        }
+        Command::AgentAudio {
+            participant,
+            timestamp,
+            level,
+            opus,
+        } => sfu.handle_agent_audio(Instant::now(), participant, timestamp, level, &opus),
     }
 }
 

@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::proto::signal::{
-    ClientMessage, EndReason, OutTrackInfo, ParticipantInfo, RequestId, ServerMessage, Target,
-    TrackSpec,
+    Caller, ClientMessage, EndReason, OutTrackInfo, ParticipantInfo, RequestId, ServerMessage,
+    Target, TrackSpec, phone_of_raw_id,
 };
 
 /// A WebSocket connection, numbered by the hub's owner.
@@ -169,14 +169,56 @@ pub enum MediaNotice {
     },
 }
 
+/// A phone call the hub asks the SIP gateway to place (`startCall` to a `phoneNumber`). The hub has registered
+/// the phone leg's connection (`conn`, raw id `4:+E164`, media participant `participant`); what the hub tells
+/// that connection arrives on `events`. The gateway reports with [`HubCommand::PhoneProgress`],
+/// [`HubCommand::PhoneFailed`], and `accept`/`hangUp`/`sendDtmf` requests from `conn`.
+#[derive(Debug)]
+pub struct DialRequest {
+    /// The hub's call id (the SFU room).
+    pub call_id: String,
+    /// The number dialled, `+E164`.
+    pub number: String,
+    /// The caller's raw id.
+    pub caller: String,
+    /// The phone leg's connection.
+    pub conn: ConnId,
+    /// The phone leg's media participant (an SFU media agent).
+    pub participant: MediaParticipant,
+    /// Messages to the phone leg's connection.
+    pub events: mpsc::Receiver<Outbound>,
+}
+
 /// Commands to the hub.
 #[derive(Debug)]
 pub enum HubCommand {
+    /// Where phone calls go (the SIP gateway); without one, `startCall` to a phone number fails.
+    SetDialer(mpsc::UnboundedSender<DialRequest>),
+    /// The phone side of an outbound call progressed: `Ringing` (180) or `EarlyMedia` (183 with SDP).
+    PhoneProgress {
+        call_id: String,
+        state: &'static str,
+    },
+    /// The phone side of an outbound call failed before answering (busy, not found, no trunk...).
+    PhoneFailed { call_id: String, reason: EndReason },
     /// An authenticated connection.
     Register {
         conn: ConnId,
         identity: String,
         display_name: Option<String>,
+        out: OutboundTx,
+    },
+    /// A connection driven by the server itself: a SIP leg of the gateway (`sip::bridge`). It
+    /// speaks the same protocol as a WebSocket client (requests through [`HubCommand::Client`],
+    /// answers and events on `out`) but is never rung (it is not registered under `identity`), and
+    /// its leg in a call uses the media participant `participant`, a media agent the gateway adds
+    /// to the SFU room itself (no SDP).
+    RegisterAgent {
+        conn: ConnId,
+        /// Raw id shown to the others, e.g. `4:+15551230000`.
+        identity: String,
+        display_name: Option<String>,
+        participant: MediaParticipant,
         out: OutboundTx,
     },
     /// The connection closed.
@@ -247,6 +289,8 @@ impl Hub {
             groups: HashMap::new(),
             participants: HashMap::new(),
             next_participant: 1,
+            dialer: None,
+            next_conn: hub.next_conn.clone(),
         };
         tokio::spawn(state.run(rx));
         hub
@@ -274,6 +318,8 @@ struct Conn {
     identity: String,
     display_name: Option<String>,
     out: OutboundTx,
+    /// Set for a server-driven connection ([`HubCommand::RegisterAgent`]): its media participant.
+    agent: Option<MediaParticipant>,
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +390,10 @@ struct HubState {
     /// Media participant -> (call id, connection).
     participants: HashMap<MediaParticipant, (String, ConnId)>,
     next_participant: MediaParticipant,
+    /// The SIP gateway, for calls to phone numbers.
+    dialer: Option<mpsc::UnboundedSender<DialRequest>>,
+    /// Connection ids (shared with [`Hub::next_conn_id`]): phone legs get one.
+    next_conn: Arc<AtomicU64>,
 }
 
 /// End reasons used by the hub (codes and subcodes as docs/protocol.md lists them).
@@ -375,6 +425,9 @@ mod reason {
     }
     pub fn declined() -> EndReason {
         EndReason::new(603, 0, "call declined")
+    }
+    pub fn unavailable() -> EndReason {
+        EndReason::new(503, 0, "the SIP gateway is not available")
     }
 }
 
@@ -411,10 +464,43 @@ impl HubState {
                         identity,
                         display_name,
                         out,
+                        agent: None,
+                    },
+                );
+            }
+            HubCommand::RegisterAgent {
+                conn,
+                identity,
+                display_name,
+                participant,
+                out,
+            } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        identity,
+                        display_name,
+                        out,
+                        agent: Some(participant),
                     },
                 );
             }
             HubCommand::Unregister { conn } => self.unregister(conn),
+            HubCommand::SetDialer(tx) => self.dialer = Some(tx),
+            HubCommand::PhoneProgress { call_id, state } => {
+                let Some(call) = self.calls.get(&call_id).filter(|c| c.ringing()) else {
+                    return;
+                };
+                let conns: Vec<ConnId> = call.legs.iter().map(|l| l.conn).collect();
+                for c in conns {
+                    self.send_state(c, &call_id, state, None);
+                }
+            }
+            HubCommand::PhoneFailed { call_id, reason } => {
+                if self.calls.get(&call_id).is_some_and(Call::ringing) {
+                    self.end_ringing(&call_id, reason.clone(), reason, None);
+                }
+            }
             HubCommand::Client { conn, msg } => self.client(conn, msg),
             HubCommand::Media(notice) => self.media_notice(notice),
             HubCommand::Kick {
@@ -538,10 +624,11 @@ impl HubState {
 
     fn identity_of(&self, participant: MediaParticipant) -> Option<String> {
         let (call_id, conn) = self.participants.get(&participant)?;
-        self.calls
-            .get(call_id)?
-            .leg_of(*conn)
-            .map(|l| l.identity.clone())
+        match self.calls.get(call_id)?.leg_of(*conn) {
+            Some(l) => Some(l.identity.clone()),
+            // A phone leg before the answer (early media): its connection is not a leg yet.
+            None => self.conns.get(conn).map(|c| c.identity.clone()),
+        }
     }
 
     /// Calls the connection is a leg of or is ringing out from.
@@ -556,8 +643,13 @@ impl HubState {
     fn leg(&mut self, conn: ConnId, call_id: &str) -> Option<Leg> {
         let c = self.conns.get(&conn)?;
         let (identity, display_name) = (c.identity.clone(), c.display_name.clone());
-        let participant = self.next_participant;
-        self.next_participant += 1;
+        let participant = match c.agent {
+            Some(p) => p,
+            None => {
+                self.next_participant += 1;
+                self.next_participant - 1
+            }
+        };
         self.participants
             .insert(participant, (call_id.to_string(), conn));
         Some(Leg {
@@ -630,6 +722,9 @@ impl HubState {
             ClientMessage::Ping { id } => {
                 self.send(conn, ServerMessage::ok(id, json!({ "pong": true })))
             }
+            ClientMessage::SendDtmf { id, call_id, tones } => {
+                self.send_dtmf(conn, id, &call_id, &tones)
+            }
         }
     }
 
@@ -650,6 +745,9 @@ impl HubState {
             let msg = format!("a 1:1 call needs exactly one target, got {n}");
             return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
         };
+        if let Some(number) = &target.phone_number {
+            return self.start_phone_call(conn, id, number.clone());
+        }
         let callee = target.communication_user_id.clone();
         if !is_communication_user_id(&callee) {
             let msg = "target is not a communication user id (8:acs:{resourceId}_{uuid})";
@@ -681,9 +779,7 @@ impl HubState {
                 *c,
                 ServerMessage::IncomingCall {
                     call_id: call_id.clone(),
-                    caller: Target {
-                        communication_user_id: caller.identity.clone(),
-                    },
+                    caller: Caller::from_raw_id(&caller.identity),
                     caller_display_name: caller.display_name.clone(),
                     video,
                 },
@@ -704,6 +800,82 @@ impl HubState {
             },
         );
         self.update_gauges();
+        if let Some(tx) = self.tx.upgrade() {
+            let ring = self.config.ring_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(ring).await;
+                let _ = tx.send(HubCommand::RingTimeout { call_id });
+            });
+        }
+    }
+
+    /// `startCall` to a phone number: the SIP gateway places the call ([`DialRequest`]); its connection for the
+    /// phone leg is registered here, under the number's raw id, so that the call's end while ringing reaches it
+    /// (`incomingCallEnded`) like any callee's.
+    fn start_phone_call(&mut self, conn: ConnId, id: RequestId, number: String) {
+        let digits = number.strip_prefix('+').unwrap_or("");
+        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            let msg = "phoneNumber must be E.164: + and 1 to 15 digits";
+            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
+        }
+        let Some(dialer) = self.dialer.clone() else {
+            let msg = "phone numbers cannot be called: no SIP gateway runs";
+            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
+        };
+        if self.too_many_calls(conn, &id) {
+            return;
+        }
+        let call_id = uuid::Uuid::new_v4().to_string();
+        let Some(caller) = self.leg(conn, &call_id) else {
+            return;
+        };
+        let raw = format!("4:{number}");
+        let phone_conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let participant = self.next_participant;
+        self.next_participant += 1;
+        let (out, events, _overflow) = OutboundTx::channel();
+        self.conns.insert(
+            phone_conn,
+            Conn {
+                identity: raw.clone(),
+                display_name: None,
+                out,
+                agent: Some(participant),
+            },
+        );
+        self.by_identity
+            .entry(raw.clone())
+            .or_default()
+            .insert(phone_conn);
+        self.participants
+            .insert(participant, (call_id.clone(), phone_conn));
+        self.send(conn, ServerMessage::ok(id, json!({ "callId": call_id })));
+        self.send_state(conn, &call_id, "Connecting", None);
+        tracing::info!(call_id, caller = %caller.identity, %number, "phone call: dialling");
+        metrics::counter!("switchboard_calls_started_total", "kind" => "phone").increment(1);
+        let request = DialRequest {
+            call_id: call_id.clone(),
+            number,
+            caller: caller.identity.clone(),
+            conn: phone_conn,
+            participant,
+            events,
+        };
+        self.calls.insert(
+            call_id.clone(),
+            Call {
+                kind: Kind::OneToOne {
+                    callee_identity: raw,
+                    phase: Phase::Ringing,
+                },
+                legs: vec![caller],
+            },
+        );
+        self.update_gauges();
+        if dialer.send(request).is_err() {
+            self.end_ringing(&call_id, reason::unavailable(), reason::unavailable(), None);
+            return;
+        }
         if let Some(tx) = self.tx.upgrade() {
             let ring = self.config.ring_timeout;
             tokio::spawn(async move {
@@ -978,6 +1150,40 @@ impl HubState {
         self.announce_update(call_id, conn);
     }
 
+    /// `sendDtmf`: each tone goes to every other leg of the call as `dtmfReceived` (a phone leg
+    /// plays it as RFC 4733 events). Only a connected call carries tones.
+    fn send_dtmf(&mut self, conn: ConnId, id: RequestId, call_id: &str, tones: &str) {
+        let Some(call) = self.calls.get(call_id) else {
+            return self.send(conn, not_in_call(id, call_id));
+        };
+        if call.leg_of(conn).is_none() {
+            return self.send(conn, not_in_call(id, call_id));
+        }
+        if call.ringing() {
+            let msg = "DTMF can be sent once the call is connected";
+            return self.send(conn, ServerMessage::fail(id, "InvalidState", msg));
+        }
+        let others: Vec<ConnId> = call
+            .legs
+            .iter()
+            .filter(|l| l.conn != conn)
+            .map(|l| l.conn)
+            .collect();
+        self.send(conn, ServerMessage::ok(id, json!({})));
+        tracing::info!(call_id, tones, legs = others.len(), "DTMF sent");
+        for tone in tones.chars() {
+            for o in &others {
+                self.send(
+                    *o,
+                    ServerMessage::DtmfReceived {
+                        call_id: call_id.to_string(),
+                        tone: tone.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Tells the other legs of the call about `conn`'s leg (`participantsUpdated` with it in `updated`).
     fn announce_update(&self, call_id: &str, conn: ConnId) {
         let Some(call) = self.calls.get(call_id) else {
@@ -1010,6 +1216,17 @@ impl HubState {
         else {
             return;
         };
+        // A phone callee's media agent joins the room at early media (183), before it is a leg: free it too.
+        let stray: Vec<MediaParticipant> = self
+            .participants
+            .iter()
+            .filter(|(_, (c, conn))| c == call_id && call.leg_of(*conn).is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stray {
+            self.media.remove(p);
+            self.participants.remove(&p);
+        }
         for leg in &call.legs {
             self.free_leg(leg);
             self.send_state(leg.conn, call_id, "Disconnected", Some(to_caller.clone()));
@@ -1215,9 +1432,11 @@ impl HubState {
                 let tracks = tracks
                     .into_iter()
                     .filter_map(|t| {
+                        let id = self.identity_of(t.publisher)?;
                         Some(OutTrackInfo {
                             mid: t.mid,
-                            communication_user_id: self.identity_of(t.publisher)?,
+                            phone_number: phone_of_raw_id(&id).map(str::to_string),
+                            communication_user_id: id,
                             source: t.source,
                         })
                     })
@@ -1392,6 +1611,7 @@ fn sanitize_sdp_error(e: &str) -> String {
 fn info(leg: &Leg, state: &str) -> ParticipantInfo {
     ParticipantInfo {
         communication_user_id: leg.identity.clone(),
+        phone_number: phone_of_raw_id(&leg.identity).map(str::to_string),
         display_name: leg.display_name.clone(),
         state: state.to_string(),
         is_muted: leg.muted,

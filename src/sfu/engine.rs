@@ -14,6 +14,7 @@ use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Input, Rtc};
 use tracing::{debug, info, trace, warn};
 
+use super::agent::{Agent, AgentAudio, AgentSink};
 use super::candidate::parse_remote_candidate;
 use super::error::SfuError;
 use super::install_crypto_provider;
@@ -99,6 +100,8 @@ pub struct Sfu {
     last_now: Option<Instant>,
     /// Next update of the bandwidth estimators' targets.
     next_bitrate_targets: Option<Instant>,
+    /// Server-side media agents (SIP legs): room members without an `Rtc` (`agent.rs`).
+    agents: HashMap<ParticipantId, Agent>,
     out: Outbox,
 }
 
@@ -142,6 +145,7 @@ impl Sfu {
             by_source: HashMap::new(),
             last_now: None,
             next_bitrate_targets: None,
+            agents: HashMap::new(),
             out: Outbox::default(),
         }
     }
@@ -396,6 +400,7 @@ impl Sfu {
     /// offers follow). Unknown ids are ignored.
     pub fn remove_participant(&mut self, participant: ParticipantId) {
         self.queued_candidates.remove(&participant);
+        self.remove_agent(participant);
         if let Some(p) = self.free(participant) {
             debug!(%participant, "participant removed");
             p.shutdown(&mut self.out);
@@ -473,6 +478,85 @@ impl Sfu {
             self.update_dynacast(now, None);
         }
         self.settle(now);
+    }
+
+    /// Adds a server-side media agent to `room` (created if needed) under `label` (its public id,
+    /// the `a=msid` stream id at subscribers): it publishes one audio track, fed by
+    /// [`Sfu::handle_agent_audio`], and every audio frame another member of the room publishes goes
+    /// to `sink`. The other members get a server offer with the agent's track. An id that is live
+    /// already (agent or participant) is refused.
+    ///
+    /// # Errors
+    /// [`SfuError::WrongRoom`] if the id is in use.
+    pub fn add_agent(
+        &mut self,
+        now: Instant,
+        room: &str,
+        participant: ParticipantId,
+        label: &str,
+        sink: AgentSink,
+    ) -> Result<(), SfuError> {
+        if let Some(room) = self
+            .participants
+            .get(&participant)
+            .map(|p| p.room().to_string())
+            .or_else(|| self.agents.get(&participant).map(|a| a.room.to_string()))
+        {
+            return Err(SfuError::WrongRoom { participant, room });
+        }
+        let room: Arc<str> = self
+            .rooms
+            .get_key_value(room)
+            .map_or_else(|| Arc::from(room), |(k, _)| Arc::clone(k));
+        self.agents
+            .insert(participant, Agent::new(Arc::clone(&room), label, sink));
+        self.rooms
+            .entry(Arc::clone(&room))
+            .or_default()
+            .members
+            .push(participant);
+        debug!(%participant, %room, "media agent joined");
+        self.mark_dirty(room);
+        self.settle(now);
+        Ok(())
+    }
+
+    /// Publishes one Opus frame (RFC 6716) of agent `participant` to its room: `timestamp` in
+    /// 48 kHz units (continuous across frames), `level` its RFC 6464 audio level (-dBov,
+    /// 0 loudest ..= 127 silence). Unknown ids are ignored.
+    pub fn handle_agent_audio(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        timestamp: u64,
+        level: u8,
+        opus: &[u8],
+    ) {
+        let Some(agent) = self.agents.get_mut(&participant) else {
+            return;
+        };
+        let data = agent.frame(now, timestamp, level, opus);
+        self.forward_media(now, participant, &data);
+        self.settle(now);
+    }
+
+    /// Removes an agent (its track stops at the subscribers; the room goes when it was the last
+    /// member).
+    fn remove_agent(&mut self, participant: ParticipantId) {
+        let Some(agent) = self.agents.remove(&participant) else {
+            return;
+        };
+        debug!(%participant, room = %agent.room, "media agent removed");
+        if let Some(room) = self.rooms.get_mut(&agent.room) {
+            room.members.retain(|m| *m != participant);
+            room.speakers.remove(participant);
+            if room.members.is_empty() {
+                self.rooms.remove(&agent.room);
+                self.dirty_rooms.retain(|r| *r != agent.room);
+            } else {
+                self.mark_dirty(Arc::clone(&agent.room));
+            }
+        }
     }
 
     // ---- output ----
@@ -618,6 +702,18 @@ impl Sfu {
                     )
                 })
             })
+            .chain(members.iter().filter_map(|id| {
+                self.agents.get(id).map(|a| {
+                    (
+                        TrackRef {
+                            publisher: *id,
+                            mid: Agent::mid(),
+                        },
+                        Agent::published(),
+                        a.label.clone(),
+                    )
+                })
+            }))
             .collect();
         for id in &members {
             let Some(p) = self.participants.get_mut(id) else {
@@ -645,14 +741,19 @@ impl Sfu {
     /// Writes a frame from `from` to the m-line each subscriber has for that track, and feeds
     /// audio levels to the room's speaker detector.
     fn forward_media(&mut self, now: Instant, from: ParticipantId, data: &MediaData) {
-        let Some(publisher) = self.participants.get(&from) else {
-            return;
+        let (published, room_name) = match self.participants.get(&from) {
+            Some(publisher) => {
+                let Some(published) = publisher.published_on(data.mid) else {
+                    trace!(%from, mid = %data.mid, "frame on an m-line that publishes nothing");
+                    return;
+                };
+                (published, Arc::clone(publisher.room()))
+            }
+            None => match self.agents.get(&from) {
+                Some(agent) => (Agent::published(), Arc::clone(&agent.room)),
+                None => return,
+            },
         };
-        let Some(published) = publisher.published_on(data.mid) else {
-            trace!(%from, mid = %data.mid, "frame on an m-line that publishes nothing");
-            return;
-        };
-        let room_name = Arc::clone(publisher.room());
         let Some(room) = self.rooms.get_mut(&room_name) else {
             return;
         };
@@ -669,16 +770,26 @@ impl Sfu {
             publisher: from,
             mid: data.mid,
         };
-        let layers = if data.rid.is_some() {
-            publisher.ranked_layers(data.mid, now)
-        } else {
-            Vec::new()
+        let layers = match self.participants.get(&from) {
+            Some(publisher) if data.rid.is_some() => publisher.ranked_layers(data.mid, now),
+            _ => Vec::new(),
         };
         let mut wanted_layers: Vec<Rid> = Vec::new();
         // Borrowed out of the room for the loop (given back below) instead of cloned per frame: writing
         // to subscribers never touches room membership.
         let members = std::mem::take(&mut room.members);
         for member in members.iter().filter(|m| **m != from) {
+            if published.kind.is_audio()
+                && let Some(agent) = self.agents.get_mut(member)
+            {
+                agent.sink.deliver(AgentAudio {
+                    agent: *member,
+                    from,
+                    timestamp: data.time.numer(),
+                    data: Arc::clone(&data.data),
+                });
+                continue;
+            }
             let Some(sub) = self.participants.get_mut(member) else {
                 continue;
             };

@@ -29,6 +29,7 @@
 //! the subscriber sees one continuous stream. RFC 6464 audio levels feed a per-room speaker detector
 //! ([`SfuEvent::Speaking`], [`SfuEvent::DominantSpeakers`]).
 
+mod agent;
 mod candidate;
 mod downlink;
 mod engine;
@@ -39,6 +40,7 @@ mod speaker;
 mod throttle;
 mod types;
 
+pub use agent::{AGENT_AUDIO_MID, AgentAudio, AgentSink};
 pub use engine::{CONNECT_TIMEOUT, IDLE_TIMEOUT, Sfu};
 pub use error::SfuError;
 pub use throttle::KEYFRAME_REQUEST_INTERVAL;

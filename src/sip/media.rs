@@ -177,6 +177,8 @@ pub struct MediaSession {
     pub port: u16,
     tx: mpsc::UnboundedSender<MediaParams>,
     task: tokio::task::JoinHandle<()>,
+    /// DTMF to play to the SIP peer (bridged sessions only).
+    dtmf: Option<mpsc::UnboundedSender<char>>,
 }
 
 impl Drop for MediaSession {
@@ -189,6 +191,29 @@ impl MediaSession {
     /// Applies new parameters (re-INVITE: hold, resume, new address).
     pub fn update(&self, p: MediaParams) {
         let _ = self.tx.send(p);
+    }
+
+    /// Plays a DTMF digit to the SIP peer as RFC 4733 events (bridged sessions; the echo line
+    /// ignores it).
+    pub fn send_dtmf(&self, digit: char) {
+        if let Some(d) = &self.dtmf {
+            let _ = d.send(digit);
+        }
+    }
+
+    /// A session run by another task of this module tree (the bridge).
+    pub(crate) fn from_parts(
+        port: u16,
+        tx: mpsc::UnboundedSender<MediaParams>,
+        task: tokio::task::JoinHandle<()>,
+        dtmf: mpsc::UnboundedSender<char>,
+    ) -> MediaSession {
+        MediaSession {
+            port,
+            tx,
+            task,
+            dtmf: Some(dtmf),
+        }
     }
 
     /// Starts the echo session on an allocated socket pair.
@@ -211,7 +236,12 @@ impl MediaSession {
             let _lease = lease;
             Echo::new(call_id, params).run(rtp, rtcp, rx).await;
         });
-        Ok(MediaSession { port, tx, task })
+        Ok(MediaSession {
+            port,
+            tx,
+            task,
+            dtmf: None,
+        })
     }
 }
 
@@ -244,7 +274,8 @@ struct Echo {
     started: Instant,
 }
 
-fn ntp_now() -> u64 {
+/// Now as a 64-bit NTP timestamp (RFC 3550 §4).
+pub(crate) fn ntp_now() -> u64 {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -9,7 +9,11 @@
 //! refused (Content-Length beyond the datagram is truncated to what arrived, `INVITE  sip:..` with two spaces,
 //! empty Via parameters); and its `Method` is a closed enum, so an unknown method fails to parse and gets no 501.
 
+pub mod bridge;
+pub mod digest;
 pub mod media;
+pub mod outbound;
+pub mod transcode;
 pub mod transport;
 pub mod ua;
 
@@ -54,6 +58,8 @@ pub struct SipSettings {
     pub advertise: Option<IpAddr>,
     /// Trunks and numbers.
     pub router: Router,
+    /// The call hub and the SFU, for numbers routed to a `user` (`None`: such numbers answer 480).
+    pub bridge: Option<bridge::BridgeDeps>,
 }
 
 /// A running gateway.
@@ -97,6 +103,7 @@ pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway
             advertise: s.advertise,
             sip_port: udp_addr.port(),
             keepalive,
+            bridge: s.bridge,
         },
         udp.clone(),
         ports.clone(),

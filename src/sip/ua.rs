@@ -15,13 +15,18 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::bridge::{self, BridgeDeps, BridgeMedia, HubEvent, HubLeg};
+use super::digest;
 use super::media::{DtmfSource, MediaParams, MediaSession, PortPool, report_dtmf};
+use super::outbound::{self, OutCall, OutState};
 use super::transport::{Peer, Received};
+use crate::proto::signal::ServerMessage;
 use crate::proto::sip::dtmf;
 use crate::proto::sip::keepalive::{Health, KeepAlive};
 use crate::proto::sip::message::{self, Message, ReplyBase, StartLine};
 use crate::proto::sip::route::{Decision, RouteTarget, Router};
 use crate::proto::sip::sdp::{self, Negotiated, SessionDescription};
+use crate::service::calls::{DialRequest, HubCommand, Outbound};
 
 /// RFC 3261 T1: RTT estimate, first retransmission interval.
 pub const T1: Duration = Duration::from_millis(500);
@@ -44,6 +49,8 @@ pub struct UaSettings {
     pub sip_port: u16,
     /// Trunks probed with OPTIONS: name, resolved address, interval.
     pub keepalive: Vec<(String, std::net::SocketAddr, Duration)>,
+    /// The call hub and the SFU, for numbers routed to a `user` (without them such numbers answer 480).
+    pub bridge: Option<BridgeDeps>,
 }
 
 struct Probe {
@@ -75,6 +82,8 @@ impl Retransmit {
 enum State {
     /// 180 sent; answering at the instant.
     Ringing(Instant),
+    /// Bridged to a browser call that has not been answered yet (180 follows the hub's `Ringing`).
+    Proceeding,
     /// 200 sent (maybe not yet ACKed).
     Answered,
     /// Final non-2xx sent (487 after CANCEL); waiting for its ACK only.
@@ -100,6 +109,27 @@ struct Call {
     session_id: u64,
     sdp_version: u64,
     trunk: String,
+    /// The browser call this dialog is bridged to (routes to a `user`).
+    leg: Option<HubLeg>,
+    /// Record-Route values of the INVITE: our route set for requests we send (RFC 3261 §12.1.1).
+    record_route: Vec<String>,
+    /// The INVITE's Contact URI: where our in-dialog requests go (remote target).
+    remote_target: String,
+    /// Our CSeq for requests we send in the dialog.
+    local_cseq: u32,
+}
+
+impl Call {
+    /// Before the final response to the initial INVITE.
+    fn early(&self) -> bool {
+        matches!(self.state, State::Ringing(_) | State::Proceeding)
+    }
+}
+
+/// A BYE we sent, retransmitted over UDP until a response (RFC 3261 §17.1.2.2, timer E).
+struct PendingBye {
+    peer: Peer,
+    retransmit: Retransmit,
 }
 
 /// The UA: every dialog of the gateway.
@@ -111,6 +141,13 @@ pub struct Ua {
     /// Final responses of non-INVITE transactions, replayed for retransmissions: (Call-ID, CSeq, method).
     finals: HashMap<(String, u32, String), (Vec<u8>, Instant)>,
     probes: Vec<Probe>,
+    /// BYEs we sent, by Call-ID.
+    byes: HashMap<String, PendingBye>,
+    hub_tx: mpsc::UnboundedSender<HubEvent>,
+    hub_rx: Option<mpsc::UnboundedReceiver<HubEvent>>,
+    /// Outbound calls (browser -> phone), by SIP Call-ID.
+    outs: HashMap<String, OutCall>,
+    dial_rx: Option<mpsc::UnboundedReceiver<DialRequest>>,
 }
 
 fn tag() -> String {
@@ -146,8 +183,18 @@ impl Ua {
                 ),
             })
             .collect();
+        let (hub_tx, hub_rx) = mpsc::unbounded_channel();
+        let (dial_tx, dial_rx) = mpsc::unbounded_channel();
+        if let Some(b) = &settings.bridge {
+            b.hub.send(HubCommand::SetDialer(dial_tx));
+        }
         Ua {
+            outs: HashMap::new(),
+            dial_rx: Some(dial_rx),
             probes,
+            byes: HashMap::new(),
+            hub_tx,
+            hub_rx: Some(hub_rx),
             settings,
             udp,
             ports,
@@ -160,6 +207,10 @@ impl Ua {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Received>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (Some(mut hub_rx), Some(mut dial_rx)) = (self.hub_rx.take(), self.dial_rx.take())
+        else {
+            return;
+        };
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -167,6 +218,8 @@ impl Ua {
                     Some(r) => self.handle(r.data, r.peer).await,
                     None => break,
                 },
+                Some(ev) = hub_rx.recv() => self.on_hub_event(ev).await,
+                Some(req) = dial_rx.recv() => self.dial(req).await,
                 _ = tick.tick() => self.handle_timers(Instant::now()).await,
             }
         }
@@ -214,6 +267,18 @@ impl Ua {
                         metrics::gauge!("switchboard_sip_trunk_up", "trunk" => p.trunk.clone())
                             .set(1.0);
                     }
+                    return;
+                }
+                if let Ok((cseq, m)) = msg.cseq()
+                    && m == "INVITE"
+                    && self.outs.contains_key(call_id)
+                {
+                    let call_id = call_id.to_string();
+                    self.on_out_response(&msg, *code, &call_id, cseq).await;
+                    return;
+                }
+                if *code >= 200 && self.byes.remove(call_id).is_some() {
+                    tracing::debug!(call_id, code, "BYE answered");
                     return;
                 }
                 tracing::debug!(peer = %peer.addr(), code, "SIP response without client transaction: dropped");
@@ -271,6 +336,10 @@ impl Ua {
             }
             "ACK" => self.ack(&call_id, cseq),
             "CANCEL" => self.cancel(base, peer, &call_id, cseq).await,
+            "BYE" | "INFO" if self.outs.contains_key(&call_id) => {
+                self.out_in_dialog(&msg, base, peer, &method, &call_id)
+                    .await
+            }
             "BYE" | "INFO" => {
                 self.in_dialog(&msg, base, peer, &method, &call_id, cseq)
                     .await
@@ -424,11 +493,16 @@ impl Ua {
         let trunk = self.settings.router.trunk(trunk_idx).cloned();
         let trunk_name = trunk.as_ref().map(|t| t.name.clone()).unwrap_or_default();
         let codecs = trunk.map(|t| t.codecs).unwrap_or_default();
-        self.reply(&peer, &base, (100, "Trying"), None, &[], b"")
+        let trying = self
+            .reply(&peer, &base, (100, "Trying"), None, &[], b"")
             .await;
         let local_tag = tag();
-        if !matches!(target, RouteTarget::Echo) {
-            // Bridging to users and group calls is phase 2 of issue 5: say so instead of ringing nobody.
+        let bridged_user = match &target {
+            RouteTarget::User(u) if self.settings.bridge.is_some() => Some(u.clone()),
+            _ => None,
+        };
+        if !matches!(target, RouteTarget::Echo) && bridged_user.is_none() {
+            // Group calls are not bridged yet (issue 5): say so instead of ringing nobody.
             tracing::info!(call_id = %call_id, dialled = %dialled, route = ?target, "route not available yet: 480");
             self.reply(
                 &peer,
@@ -476,6 +550,47 @@ impl Ua {
             }
         };
         let now = Instant::now();
+        let record_route: Vec<String> = msg
+            .headers_named("Record-Route")
+            .flat_map(message::split_list)
+            .collect();
+        let remote_target = msg
+            .header("Contact")
+            .and_then(angle_uri)
+            .unwrap_or_else(|| format!("sip:{}", peer.addr()));
+        if let (Some(user), Some(deps)) = (bridged_user, self.settings.bridge.clone()) {
+            let caller = msg
+                .header("From")
+                .and_then(angle_uri)
+                .and_then(|u| message::uri_user(&u))
+                .unwrap_or_default();
+            tracing::info!(call_id = %call_id, trunk = %trunk_name, %source, dialled = %dialled, caller = %caller, user = %user, codec = neg.codec.name(), telephone_event = neg.telephone_event.is_some(), "inbound call to a user: ringing its browsers");
+            metrics::counter!("switchboard_sip_calls_total", "route" => "user").increment(1);
+            let leg = HubLeg::start_call(&deps.hub, &call_id, &caller, &user, self.hub_tx.clone());
+            let call = Call {
+                local_tag,
+                peer: peer.clone(),
+                base,
+                invite_cseq: cseq,
+                remote_cseq: cseq,
+                state: State::Proceeding,
+                // A retransmitted INVITE gets the 100 again until the 180 replaces it.
+                last_invite_response: trying,
+                retransmit: None,
+                offer,
+                neg,
+                media: None,
+                session_id: rand::random::<u32>().into(),
+                sdp_version: 1,
+                trunk: trunk_name,
+                leg: Some(leg),
+                record_route,
+                remote_target,
+                local_cseq: 0,
+            };
+            self.calls.insert(call_id, call);
+            return;
+        }
         tracing::info!(call_id = %call_id, trunk = %trunk_name, %source, dialled = %dialled, codec = neg.codec.name(), telephone_event = neg.telephone_event.is_some(), "inbound call to the echo line");
         metrics::counter!("switchboard_sip_calls_total", "route" => "echo").increment(1);
         let mut call = Call {
@@ -493,6 +608,10 @@ impl Ua {
             session_id: rand::random::<u32>().into(),
             sdp_version: 1,
             trunk: trunk_name,
+            leg: None,
+            record_route,
+            remote_target,
+            local_cseq: 0,
         };
         if answer_after_ms > 0 {
             let contact = self.contact(&peer);
@@ -530,12 +649,29 @@ impl Ua {
             send: call.neg.answered.sends(),
             signalling_ip: call.peer.addr().ip(),
         };
+        let link = match (&call.leg, &self.settings.bridge) {
+            (Some(leg), Some(deps)) => match &leg.call_id {
+                Some(room) => Some(BridgeMedia {
+                    media: deps.media.clone(),
+                    hub: deps.hub.clone(),
+                    conn: leg.conn,
+                    call_id: room.clone(),
+                    participant: leg.participant,
+                    label: leg.raw_id.clone(),
+                }),
+                None => return,
+            },
+            _ => None,
+        };
         let media = self
             .ports
             .allocate(bind)
             .map_err(|e| e.to_string())
-            .and_then(|s| {
-                MediaSession::start_echo(call_id.to_string(), s, params).map_err(|e| e.to_string())
+            .and_then(|s| match link {
+                Some(link) => bridge::start_media(call_id.to_string(), s, params, link)
+                    .map_err(|e| e.to_string()),
+                None => MediaSession::start_echo(call_id.to_string(), s, params)
+                    .map_err(|e| e.to_string()),
             });
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
@@ -778,7 +914,7 @@ impl Ua {
             .await;
             return;
         }
-        let ringing = matches!(call.state, State::Ringing(_));
+        let ringing = call.early();
         let (tag, invite_base, invite_peer) =
             (call.local_tag.clone(), call.base.clone(), call.peer.clone());
         // The CANCEL itself is always answered 200 when its INVITE is known (RFC 3261 §9.2).
@@ -805,6 +941,8 @@ impl Ua {
         if let Some(call) = self.calls.get_mut(call_id) {
             call.state = State::Ended;
             call.media = None;
+            // The browsers stop ringing (487): the hub leg hangs up as it drops.
+            call.leg = None;
             call.last_invite_response = r.clone();
             if invite_peer.reliable() {
                 self.calls.remove(call_id);
@@ -853,7 +991,7 @@ impl Ua {
             "BYE" => {
                 if let Some(c) = self.calls.remove(call_id) {
                     tracing::info!(call_id, trunk = %c.trunk, "BYE: call ended");
-                    if matches!(c.state, State::Ringing(_)) {
+                    if c.early() {
                         // A BYE in the early dialog ends the INVITE too (RFC 3261 §15.1.2).
                         self.reply(
                             &c.peer,
@@ -874,6 +1012,11 @@ impl Ua {
                 match dtmf::parse_info(ct, &body) {
                     Some((event, duration)) => {
                         report_dtmf(call_id, event, DtmfSource::Info, duration);
+                        if let (dtmf::ToneEvent::Digit(d), Some(leg)) =
+                            (event, self.calls.get(call_id).and_then(|c| c.leg.as_ref()))
+                        {
+                            leg.send_dtmf(d);
+                        }
                         self.reply(&peer, &base, (200, "OK"), None, &[], b"").await
                     }
                     None if msg.body.is_empty() => {
@@ -898,6 +1041,793 @@ impl Ua {
             }
         };
         self.finals.insert(key, (r, Instant::now() + 64 * T1));
+    }
+
+    /// What the hub told the connection of a bridged dialog: progress of the browser call.
+    async fn on_hub_event(&mut self, ev: HubEvent) {
+        let sip_call_id = ev.sip_call_id;
+        if self.outs.contains_key(&sip_call_id) {
+            self.on_out_hub_event(&sip_call_id, ev.message).await;
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&sip_call_id) else {
+            return;
+        };
+        let Outbound::Message(msg) = ev.message else {
+            return;
+        };
+        match msg {
+            ServerMessage::Response {
+                ok: false,
+                error,
+                id,
+                ..
+            } if call.early() && id == bridge::START_REQUEST => {
+                // `startCall` refused (not a communication user id, too many calls...).
+                let code = error
+                    .as_ref()
+                    .and_then(|e| e.get("code"))
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("");
+                let status = match code {
+                    "BadTarget" | "SelfCall" => (404, "Not Found"),
+                    "TooManyCalls" => (486, "Busy Here"),
+                    _ => (480, "Temporarily Unavailable"),
+                };
+                tracing::info!(call_id = %sip_call_id, hub_error = code, status = status.0, "browser call refused");
+                self.finish_early(&sip_call_id, status).await;
+            }
+            ServerMessage::Response {
+                ok: true, result, ..
+            } => {
+                if let (Some(leg), Some(id)) = (
+                    call.leg.as_mut(),
+                    result
+                        .as_ref()
+                        .and_then(|r| r.get("callId"))
+                        .and_then(|c| c.as_str()),
+                ) && leg.call_id.is_none()
+                {
+                    leg.call_id = Some(id.to_string());
+                }
+            }
+            ServerMessage::CallStateChanged {
+                call_id: hub_call,
+                state,
+                end_reason,
+            } => {
+                if let Some(leg) = call.leg.as_mut()
+                    && leg.call_id.is_none()
+                {
+                    leg.call_id = Some(hub_call);
+                }
+                match state {
+                    "Ringing" if call.state == State::Proceeding => {
+                        let (peer, base, tag) =
+                            (call.peer.clone(), call.base.clone(), call.local_tag.clone());
+                        let contact = self.contact(&peer);
+                        let r = self
+                            .reply(
+                                &peer,
+                                &base,
+                                (180, "Ringing"),
+                                Some(&tag),
+                                &[("Contact", contact)],
+                                b"",
+                            )
+                            .await;
+                        if let Some(c) = self.calls.get_mut(&sip_call_id) {
+                            c.last_invite_response = r;
+                        }
+                    }
+                    "Connected" if call.state == State::Proceeding => {
+                        tracing::info!(call_id = %sip_call_id, "browser answered: 200 OK");
+                        self.answer(&sip_call_id, Instant::now()).await;
+                    }
+                    "Disconnected" => {
+                        let code = end_reason.as_ref().map_or(0, |r| r.code);
+                        if let Some(leg) = call.leg.as_mut() {
+                            // The hub ended the call: nothing to hang up there.
+                            leg.call_id = None;
+                        }
+                        if call.early() {
+                            let status = match code {
+                                603 => (603, "Decline"),
+                                486 => (486, "Busy Here"),
+                                404 => (404, "Not Found"),
+                                408 => (408, "Request Timeout"),
+                                487 => (487, "Request Terminated"),
+                                _ => (480, "Temporarily Unavailable"),
+                            };
+                            tracing::info!(call_id = %sip_call_id, hub_code = code, status = status.0, "browser call ended before answer");
+                            self.finish_early(&sip_call_id, status).await;
+                        } else if call.state == State::Answered {
+                            tracing::info!(call_id = %sip_call_id, hub_code = code, "browser call ended: BYE");
+                            self.send_bye(&sip_call_id).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            ServerMessage::DtmfReceived { tone, .. } => {
+                if let (Some(media), Some(d)) = (&call.media, tone.chars().next()) {
+                    media.send_dtmf(d);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Final non-2xx response to a bridged INVITE that is still early; the call waits for its ACK.
+    async fn finish_early(&mut self, call_id: &str, (code, reason): (u16, &str)) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        call.leg = None;
+        call.state = State::Ended;
+        let (peer, base, tag) = (call.peer.clone(), call.base.clone(), call.local_tag.clone());
+        let r = self
+            .reply(&peer, &base, (code, reason), Some(&tag), &[], b"")
+            .await;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.last_invite_response = r.clone();
+            if peer.reliable() {
+                self.calls.remove(call_id);
+            } else {
+                call.retransmit = Some(Retransmit::new(r, Instant::now()));
+            }
+        }
+    }
+
+    /// Ends an answered dialog from our side: BYE to the remote target through the route set
+    /// (RFC 3261 §15.1.1), retransmitted over UDP until answered.
+    async fn send_bye(&mut self, call_id: &str) {
+        let Some(mut call) = self.calls.remove(call_id) else {
+            return;
+        };
+        call.leg = None;
+        call.local_cseq += 1;
+        let ip = self.local_ip(call.peer.addr().ip());
+        let host = if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        let port = self.settings.sip_port;
+        let transport = call.peer.transport();
+        let mut routes = String::new();
+        for r in &call.record_route {
+            routes.push_str(&format!("Route: {r}\r\n"));
+        }
+        let from = if call.base.to.contains(";tag=") {
+            call.base.to.clone()
+        } else {
+            format!("{};tag={}", call.base.to, call.local_tag)
+        };
+        let req = format!(
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {host}:{port};branch=z9hG4bK{b:016x};rport\r\nMax-Forwards: 70\r\n{routes}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nUser-Agent: {USER_AGENT}\r\nContent-Length: 0\r\n\r\n",
+            target = call.remote_target,
+            b = rand::random::<u64>(),
+            to = call.base.from,
+            cseq = call.local_cseq,
+        );
+        metrics::counter!("switchboard_sip_requests_sent_total", "method" => "BYE").increment(1);
+        self.send(&call.peer, req.as_bytes()).await;
+        if !call.peer.reliable() {
+            self.byes.insert(
+                call_id.to_string(),
+                PendingBye {
+                    peer: call.peer.clone(),
+                    retransmit: Retransmit::new(req.into_bytes(), Instant::now()),
+                },
+            );
+        }
+    }
+
+    // ---- outbound calls (browser -> phone) ----
+
+    /// A browser called a phone number: INVITE through the first matching trunk.
+    async fn dial(&mut self, req: DialRequest) {
+        let Some(deps) = self.settings.bridge.clone() else {
+            return;
+        };
+        let fail = |code: u16, why: &str| HubCommand::PhoneFailed {
+            call_id: req.call_id.clone(),
+            reason: crate::proto::signal::EndReason::new(code, 0, why),
+        };
+        // Outbound calls go over UDP only (TCP/TLS client connections are not made yet).
+        let trunks: Vec<usize> =
+            self.settings
+                .router
+                .outbound_trunks(&req.number)
+                .into_iter()
+                .filter(|i| {
+                    self.settings.router.trunk(*i).is_some_and(|t| {
+                        t.transport == crate::proto::sip::route::TrunkTransport::Udp
+                    })
+                })
+                .collect();
+        let Some((&first, rest)) = trunks.split_first() else {
+            tracing::info!(call_id = %req.call_id, number = %req.number, "no trunk prefix matches the number: 404");
+            deps.hub.send(fail(404, "no trunk serves this number"));
+            deps.hub.send(HubCommand::Unregister { conn: req.conn });
+            return;
+        };
+        let bind = self.settings.media_bind;
+        let sockets = match self.ports.allocate(bind) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(call_id = %req.call_id, error = %e, "no media port for an outbound call: 503");
+                deps.hub.send(fail(503, "no media port"));
+                deps.hub.send(HubCommand::Unregister { conn: req.conn });
+                return;
+            }
+        };
+        let port = sockets.0.local_addr().map(|a| a.port()).unwrap_or(0);
+        let sip_call_id = format!("sb{:016x}", rand::random::<u64>());
+        let forwarder =
+            outbound::forward_events(sip_call_id.clone(), req.events, self.hub_tx.clone());
+        tracing::info!(call_id = %req.call_id, sip_call_id = %sip_call_id, number = %req.number, trunks = trunks.len(), "outbound call");
+        metrics::counter!("switchboard_sip_calls_total", "route" => "outbound").increment(1);
+        let out = OutCall {
+            hub_call_id: req.call_id,
+            number: req.number,
+            conn: req.conn,
+            participant: req.participant,
+            failover: rest.to_vec(),
+            trunk: first,
+            peer: Peer::Udp(std::net::SocketAddr::from(([127, 0, 0, 1], 5060))),
+            local_tag: tag(),
+            cseq: 0,
+            branch: String::new(),
+            invite: Vec::new(),
+            retransmit: None,
+            state: OutState::Calling,
+            authenticated: false,
+            remote_to: String::new(),
+            remote_target: None,
+            route_set: Vec::new(),
+            neg: None,
+            sockets: Some(sockets),
+            port,
+            media: None,
+            forwarder,
+        };
+        self.outs.insert(sip_call_id.clone(), out);
+        self.send_invite(&sip_call_id, None).await;
+    }
+
+    /// The `Via` sent-by, From, To and Request-URI of an outbound call on its current trunk.
+    fn out_addressing(&self, out: &OutCall) -> (String, String, String, String) {
+        let ip = self.local_ip(out.peer.addr().ip());
+        let host = if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        let port = self.settings.sip_port;
+        let trunk = self.settings.router.trunk(out.trunk);
+        let user = trunk
+            .and_then(|t| t.caller_id.clone())
+            .unwrap_or_else(|| "switchboard".to_string());
+        let target = out.peer.addr();
+        (
+            format!("SIP/2.0/UDP {host}:{port}"),
+            format!("<sip:{user}@{host}:{port}>"),
+            format!("<sip:{}@{target}>", out.number),
+            format!("sip:{}@{target}", out.number),
+        )
+    }
+
+    /// Sends (or re-sends with credentials) the INVITE of an outbound call on its current trunk.
+    async fn send_invite(&mut self, call_id: &str, auth: Option<(&'static str, String)>) {
+        let Some(trunk) = self
+            .outs
+            .get(call_id)
+            .and_then(|o| self.settings.router.trunk(o.trunk))
+            .cloned()
+        else {
+            return;
+        };
+        let Some(addr) = outbound::resolve(&trunk.address).await else {
+            tracing::warn!(trunk = %trunk.name, address = %trunk.address, "trunk address does not resolve");
+            self.out_failed(call_id, 503, "trunk address does not resolve")
+                .await;
+            return;
+        };
+        let Some(out) = self.outs.get_mut(call_id) else {
+            return;
+        };
+        out.peer = Peer::Udp(addr);
+        out.cseq += 1;
+        out.branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        let local = self.local_ip(addr.ip());
+        let Some(out) = self.outs.get(call_id) else {
+            return;
+        };
+        let (via, from, to, uri) = self.out_addressing(out);
+        let contact = self.contact(&out.peer);
+        let sdp = outbound::offer_sdp(local, out.port, &trunk.codecs, u64::from(out.cseq) << 8);
+        let headers = outbound::Headers {
+            via_sent_by: &via,
+            from: &from,
+            tag: &out.local_tag,
+            call_id,
+            contact: &contact,
+        };
+        let extra: Vec<(String, String)> = auth
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .chain([("Allow".to_string(), ALLOW.to_string())])
+            .collect();
+        let bytes = outbound::request(
+            &headers,
+            "INVITE",
+            &uri,
+            &to,
+            out.cseq,
+            &out.branch,
+            &extra,
+            Some(("application/sdp", &sdp)),
+        );
+        let peer = out.peer.clone();
+        tracing::info!(call_id, trunk = %trunk.name, %addr, cseq = out.cseq, "INVITE sent");
+        metrics::counter!("switchboard_sip_requests_sent_total", "method" => "INVITE").increment(1);
+        self.send(&peer, &bytes).await;
+        let now = Instant::now();
+        if let Some(out) = self.outs.get_mut(call_id) {
+            out.invite = bytes;
+            out.remote_to = to;
+            out.retransmit = Some((now + T1, T1, now + 64 * T1));
+        }
+    }
+
+    /// ACK for a non-2xx final response: same branch and Request-URI as the INVITE (RFC 3261 §17.1.1.3).
+    async fn ack_failure(&mut self, call_id: &str, to: &str) {
+        let Some(out) = self.outs.get(call_id) else {
+            return;
+        };
+        let (via, from, _, uri) = self.out_addressing(out);
+        let contact = self.contact(&out.peer);
+        let headers = outbound::Headers {
+            via_sent_by: &via,
+            from: &from,
+            tag: &out.local_tag,
+            call_id,
+            contact: &contact,
+        };
+        let bytes = outbound::request(&headers, "ACK", &uri, to, out.cseq, &out.branch, &[], None);
+        let peer = out.peer.clone();
+        self.send(&peer, &bytes).await;
+    }
+
+    /// A request inside an outbound call's dialog (ACK of a 2xx, BYE): to the remote target, through the route
+    /// set, with a new branch.
+    async fn out_dialog_request(&mut self, call_id: &str, method: &str, cseq: u32) -> Vec<u8> {
+        let Some(out) = self.outs.get(call_id) else {
+            return Vec::new();
+        };
+        let (via, from, _, uri) = self.out_addressing(out);
+        let contact = self.contact(&out.peer);
+        let target = out.remote_target.clone().unwrap_or(uri);
+        let headers = outbound::Headers {
+            via_sent_by: &via,
+            from: &from,
+            tag: &out.local_tag,
+            call_id,
+            contact: &contact,
+        };
+        let routes: Vec<(String, String)> = out
+            .route_set
+            .iter()
+            .map(|r| ("Route".to_string(), r.clone()))
+            .collect();
+        let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        let bytes = outbound::request(
+            &headers,
+            method,
+            &target,
+            &out.remote_to,
+            cseq,
+            &branch,
+            &routes,
+            None,
+        );
+        let peer = out.peer.clone();
+        self.send(&peer, &bytes).await;
+        bytes
+    }
+
+    /// Starts the bridge media of an outbound call once an SDP answer came (183 or 2xx).
+    fn out_start_media(&mut self, call_id: &str, msg: &Message) {
+        let Some(deps) = self.settings.bridge.clone() else {
+            return;
+        };
+        let Some(out) = self.outs.get_mut(call_id) else {
+            return;
+        };
+        if out.media.is_some() {
+            return;
+        }
+        let codecs = self
+            .settings
+            .router
+            .trunk(out.trunk)
+            .map(|t| t.codecs.clone())
+            .unwrap_or_default();
+        let Some(Ok(answer)) = body_sdp(msg) else {
+            return;
+        };
+        let neg = match sdp::negotiate(&answer, &codecs) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::info!(call_id, error = %e, "SDP answer unusable: no media");
+                return;
+            }
+        };
+        let Some(sockets) = out.sockets.take() else {
+            return;
+        };
+        let params = MediaParams {
+            neg: neg.clone(),
+            send: true,
+            signalling_ip: out.peer.addr().ip(),
+        };
+        let link = BridgeMedia {
+            media: deps.media.clone(),
+            hub: deps.hub.clone(),
+            conn: out.conn,
+            call_id: out.hub_call_id.clone(),
+            participant: out.participant,
+            label: format!("4:{}", out.number),
+        };
+        match bridge::start_media(call_id.to_string(), sockets, params, link) {
+            Ok(m) => {
+                out.media = Some(m);
+                out.neg = Some(neg);
+            }
+            Err(e) => tracing::warn!(call_id, error = %e, "outbound media failed to start"),
+        }
+    }
+
+    async fn on_out_response(&mut self, msg: &Message, code: u16, call_id: &str, cseq: u32) {
+        let Some(out) = self.outs.get_mut(call_id) else {
+            return;
+        };
+        if cseq != out.cseq {
+            return;
+        }
+        out.retransmit = None;
+        let to = msg.header("To").unwrap_or("").to_string();
+        let hub = self.settings.bridge.as_ref().map(|b| b.hub.clone());
+        match code {
+            100..=199 => {
+                if out.state == OutState::Calling {
+                    out.state = OutState::Proceeding;
+                }
+                if code == 100 {
+                    return;
+                }
+                if msg.to_tag().is_some() {
+                    out.remote_to = to;
+                }
+                let hub_call = out.hub_call_id.clone();
+                let has_sdp = matches!(body_sdp(msg), Some(Ok(_)));
+                if has_sdp {
+                    self.out_start_media(call_id, msg);
+                }
+                let state = if has_sdp { "EarlyMedia" } else { "Ringing" };
+                tracing::info!(call_id, code, state, "outbound call progress");
+                if let Some(h) = hub {
+                    h.send(HubCommand::PhoneProgress {
+                        call_id: hub_call,
+                        state,
+                    });
+                }
+            }
+            200..=299 => {
+                let already = out.state == OutState::Connected;
+                let cancelled = out.state == OutState::Cancelling;
+                out.remote_to = to;
+                out.remote_target = msg.header("Contact").and_then(angle_uri);
+                out.route_set = msg
+                    .headers_named("Record-Route")
+                    .flat_map(message::split_list)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                let cseq = out.cseq;
+                self.out_dialog_request(call_id, "ACK", cseq).await;
+                if already {
+                    return;
+                }
+                if cancelled {
+                    // The 2xx crossed our CANCEL: end the call that was established (RFC 3261 §9.1).
+                    self.out_bye(call_id).await;
+                    return;
+                }
+                self.out_start_media(call_id, msg);
+                let Some(out) = self.outs.get_mut(call_id) else {
+                    return;
+                };
+                out.state = OutState::Connected;
+                tracing::info!(call_id, hub_call_id = %out.hub_call_id, "outbound call answered");
+                if let Some(h) = hub {
+                    h.send(HubCommand::Client {
+                        conn: out.conn,
+                        msg: crate::proto::signal::ClientMessage::Accept {
+                            id: serde_json::json!("sip-answered"),
+                            call_id: out.hub_call_id.clone(),
+                        },
+                    });
+                }
+            }
+            401 | 407 if !out.authenticated && out.state != OutState::Cancelling => {
+                let (challenge_header, auth_header) = if code == 401 {
+                    ("WWW-Authenticate", "Authorization")
+                } else {
+                    ("Proxy-Authenticate", "Proxy-Authorization")
+                };
+                out.authenticated = true;
+                let trunk = self.settings.router.trunk(out.trunk).cloned();
+                let challenge = msg
+                    .header(challenge_header)
+                    .and_then(digest::parse_challenge);
+                self.ack_failure(call_id, &to).await;
+                let Some(out) = self.outs.get(call_id) else {
+                    return;
+                };
+                let creds = trunk.and_then(|t| Some((t.username?, t.password?)));
+                match (challenge, creds) {
+                    (Some(c), Some((user, pass))) => {
+                        let (_, _, _, uri) = self.out_addressing(out);
+                        let cnonce = format!("{:016x}", rand::random::<u64>());
+                        let value =
+                            digest::authorization(&c, &user, &pass, "INVITE", &uri, &cnonce);
+                        tracing::info!(call_id, code, realm = %c.realm, "digest challenge answered");
+                        self.send_invite(call_id, Some((auth_header, value))).await;
+                    }
+                    _ => {
+                        tracing::info!(
+                            call_id,
+                            code,
+                            "challenge without usable credentials: call fails"
+                        );
+                        self.out_failed(call_id, 403, "the trunk refused our credentials")
+                            .await;
+                    }
+                }
+            }
+            _ => {
+                let state = out.state;
+                self.ack_failure(call_id, &to).await;
+                let reason = match &msg.start {
+                    message::StartLine::Response { reason, .. } => reason.clone(),
+                    _ => String::new(),
+                };
+                if state == OutState::Cancelling {
+                    self.outs.remove(call_id);
+                    return;
+                }
+                self.out_final_failure(call_id, code, &reason).await;
+            }
+        }
+    }
+
+    /// A final failure (or timeout, 408) of an outbound INVITE: fail over to the next trunk for 503/408, else
+    /// end the browser's call with the mapped reason.
+    async fn out_final_failure(&mut self, call_id: &str, code: u16, reason: &str) {
+        let Some(out) = self.outs.get_mut(call_id) else {
+            return;
+        };
+        if outbound::fails_over(code) && !out.failover.is_empty() {
+            let next = out.failover.remove(0);
+            tracing::info!(
+                call_id,
+                code,
+                from = out.trunk,
+                to = next,
+                "outbound call: failing over to the next trunk"
+            );
+            out.trunk = next;
+            out.authenticated = false;
+            out.state = OutState::Calling;
+            out.local_tag = tag();
+            self.send_invite(call_id, None).await;
+            return;
+        }
+        self.out_failed(call_id, outbound::end_code(code), reason)
+            .await;
+    }
+
+    async fn out_failed(&mut self, call_id: &str, code: u16, why: &str) {
+        let Some(out) = self.outs.remove(call_id) else {
+            return;
+        };
+        tracing::info!(call_id, code, reason = why, hub_call_id = %out.hub_call_id, "outbound call failed");
+        if let Some(b) = &self.settings.bridge {
+            let msg = if why.is_empty() {
+                format!("SIP {code}")
+            } else {
+                why.to_string()
+            };
+            b.hub.send(HubCommand::PhoneFailed {
+                call_id: out.hub_call_id.clone(),
+                reason: crate::proto::signal::EndReason::new(code, 0, msg),
+            });
+            b.hub.send(HubCommand::Unregister { conn: out.conn });
+        }
+    }
+
+    /// Ends an answered outbound call from our side: BYE, retransmitted over UDP until answered.
+    async fn out_bye(&mut self, call_id: &str) {
+        let Some(out) = self.outs.get_mut(call_id) else {
+            return;
+        };
+        out.cseq += 1;
+        let cseq = out.cseq;
+        let bytes = self.out_dialog_request(call_id, "BYE", cseq).await;
+        metrics::counter!("switchboard_sip_requests_sent_total", "method" => "BYE").increment(1);
+        if let Some(out) = self.outs.remove(call_id) {
+            if let Some(b) = &self.settings.bridge {
+                b.hub.send(HubCommand::Unregister { conn: out.conn });
+            }
+            self.byes.insert(
+                call_id.to_string(),
+                PendingBye {
+                    peer: out.peer.clone(),
+                    retransmit: Retransmit::new(bytes, Instant::now()),
+                },
+            );
+        }
+    }
+
+    /// What the hub told an outbound call's phone leg: the caller hung up, DTMF to play.
+    async fn on_out_hub_event(&mut self, call_id: &str, message: Outbound) {
+        let Outbound::Message(msg) = message else {
+            return;
+        };
+        let Some(out) = self.outs.get(call_id) else {
+            return;
+        };
+        match msg {
+            ServerMessage::IncomingCallEnded {
+                call_id: hub_call, ..
+            } if hub_call == out.hub_call_id && out.state != OutState::Connected => {
+                // The caller hung up (or nobody answered in time) before the phone answered: CANCEL (§9.1).
+                let (via, from, to, uri) = self.out_addressing(out);
+                let contact = self.contact(&out.peer);
+                let headers = outbound::Headers {
+                    via_sent_by: &via,
+                    from: &from,
+                    tag: &out.local_tag,
+                    call_id,
+                    contact: &contact,
+                };
+                let bytes = outbound::request(
+                    &headers,
+                    "CANCEL",
+                    &uri,
+                    &to,
+                    out.cseq,
+                    &out.branch,
+                    &[],
+                    None,
+                );
+                let peer = out.peer.clone();
+                let conn = out.conn;
+                if let Some(out) = self.outs.get_mut(call_id) {
+                    out.media = None;
+                    out.state = OutState::Cancelling;
+                    out.retransmit = None;
+                }
+                tracing::info!(call_id, "caller hung up before the answer: CANCEL");
+                metrics::counter!("switchboard_sip_requests_sent_total", "method" => "CANCEL")
+                    .increment(1);
+                self.send(&peer, &bytes).await;
+                if let Some(b) = &self.settings.bridge {
+                    b.hub.send(HubCommand::Unregister { conn });
+                }
+                // Kept until the 487 (ACKed) or 32 s (timer B) pass.
+                let now = Instant::now();
+                if let Some(out) = self.outs.get_mut(call_id) {
+                    out.retransmit = Some((now + 64 * T1, T2, now + 64 * T1));
+                }
+            }
+            ServerMessage::CallStateChanged {
+                state: "Disconnected",
+                ..
+            } if out.state == OutState::Connected => {
+                tracing::info!(call_id, "caller hung up: BYE");
+                self.out_bye(call_id).await;
+            }
+            ServerMessage::DtmfReceived { tone, .. } => {
+                if let (Some(media), Some(d)) = (&out.media, tone.chars().next()) {
+                    media.send_dtmf(d);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// BYE or INFO from the trunk in an outbound call's dialog.
+    async fn out_in_dialog(
+        &mut self,
+        msg: &Message,
+        base: ReplyBase,
+        peer: Peer,
+        method: &str,
+        call_id: &str,
+    ) {
+        let Some(out) = self.outs.get(call_id) else {
+            return;
+        };
+        let (conn, hub_call) = (out.conn, out.hub_call_id.clone());
+        let hub = self.settings.bridge.as_ref().map(|b| b.hub.clone());
+        if method == "BYE" {
+            tracing::info!(call_id, "BYE from the phone: call ended");
+            self.outs.remove(call_id);
+            self.reply(&peer, &base, (200, "OK"), None, &[], b"").await;
+            if let Some(h) = hub {
+                h.send(HubCommand::Client {
+                    conn,
+                    msg: crate::proto::signal::ClientMessage::HangUp {
+                        id: serde_json::json!("sip-bye"),
+                        call_id: hub_call,
+                        for_everyone: false,
+                    },
+                });
+                h.send(HubCommand::Unregister { conn });
+            }
+            return;
+        }
+        let ct = msg.header("Content-Type").unwrap_or("");
+        let body = String::from_utf8_lossy(&msg.body);
+        if let Some((event, duration)) = dtmf::parse_info(ct, &body) {
+            report_dtmf(call_id, event, DtmfSource::Info, duration);
+            if let (dtmf::ToneEvent::Digit(d), Some(h)) = (event, hub) {
+                h.send(HubCommand::Client {
+                    conn,
+                    msg: crate::proto::signal::ClientMessage::SendDtmf {
+                        id: serde_json::json!("sip-dtmf"),
+                        call_id: hub_call,
+                        tones: d.to_string(),
+                    },
+                });
+            }
+        }
+        self.reply(&peer, &base, (200, "OK"), None, &[], b"").await;
+    }
+
+    /// INVITE retransmissions (timer A) and give-ups (timer B) of outbound calls.
+    async fn out_timers(&mut self, now: Instant) {
+        let mut resend = Vec::new();
+        let mut expired = Vec::new();
+        for (id, out) in self.outs.iter_mut() {
+            let Some((next, interval, deadline)) = out.retransmit else {
+                continue;
+            };
+            if now >= deadline {
+                out.retransmit = None;
+                expired.push((id.clone(), out.state));
+            } else if now >= next && out.state == OutState::Calling {
+                resend.push((out.peer.clone(), out.invite.clone()));
+                let interval = (interval * 2).min(T2);
+                out.retransmit = Some((now + interval, interval, deadline));
+            }
+        }
+        for (p, b) in resend {
+            self.send(&p, &b).await;
+        }
+        for (id, state) in expired {
+            if state == OutState::Cancelling {
+                self.outs.remove(&id);
+            } else {
+                self.out_final_failure(&id, 408, "no response from the trunk")
+                    .await;
+            }
+        }
     }
 
     async fn keepalives(&mut self, now: Instant) {
@@ -933,6 +1863,7 @@ impl Ua {
 
     async fn handle_timers(&mut self, now: Instant) {
         self.keepalives(now).await;
+        self.out_timers(now).await;
         self.finals.retain(|_, (_, until)| *until > now);
         let due: Vec<String> = self
             .calls
@@ -960,6 +1891,14 @@ impl Ua {
                 r.next = now + r.interval;
             }
         }
+        self.byes.retain(|_, b| now < b.retransmit.deadline);
+        for b in self.byes.values_mut() {
+            if now >= b.retransmit.next {
+                sends.push((b.peer.clone(), b.retransmit.bytes.clone()));
+                b.retransmit.interval = (b.retransmit.interval * 2).min(T2);
+                b.retransmit.next = now + b.retransmit.interval;
+            }
+        }
         for (p, b) in sends {
             self.send(&p, &b).await;
         }
@@ -969,6 +1908,19 @@ impl Ua {
         }
         metrics::gauge!("switchboard_sip_calls_active").set(self.calls.len() as f64);
     }
+}
+
+/// The URI of a name-addr (`"Bob" <sip:bob@h>;tag=1` -> `sip:bob@h`) or of an addr-spec
+/// (`sip:bob@h;tag=1` -> `sip:bob@h`).
+fn angle_uri(value: &str) -> Option<String> {
+    let v = value.trim();
+    if let Some(start) = v.find('<') {
+        let rest = &v[start + 1..];
+        let end = rest.find('>')?;
+        return Some(rest[..end].trim().to_string());
+    }
+    let uri = v.split(';').next()?.trim();
+    (!uri.is_empty()).then(|| uri.to_string())
 }
 
 fn body_sdp(msg: &Message) -> Option<Result<SessionDescription, sdp::SdpError>> {

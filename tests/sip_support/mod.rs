@@ -18,7 +18,7 @@ use crate::common::{TestServer, server_with};
 pub const ECHO: &str = "+15550100";
 /// The echo line that rings 2 s before answering (CANCEL tests).
 pub const ECHO_SLOW: &str = "+15550101";
-/// A number routed to a user (phase 2: answered 480 for now).
+/// A number routed to a user that never connects (answered 480: callee offline).
 pub const USER: &str = "+15550102";
 
 /// A server whose SIP gateway trusts 127.0.0.1 only, RTP from `rtp_min` (100 pairs).
@@ -59,7 +59,7 @@ pub async fn sip_server_with(rtp_min: u16, tweak: impl FnOnce(&mut Config)) -> T
                 USER,
                 false,
                 0,
-                Some("8:acs:00000000-0000-0000-0000-000000000000_1"),
+                Some("8:acs:00000000-0000-0000-0000-000000000000_00000000-0000-0000-0000-000000000001"),
             ),
         ];
         tweak(c);

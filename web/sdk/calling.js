@@ -127,9 +127,11 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * @returns {CommunicationUserIdentifier}
  */
 function toIdentifier(target) {
-  if (typeof target === "string") return { communicationUserId: target };
+  if (typeof target === "string") return target.startsWith("4:") ? identifierOf({ phoneNumber: target.slice(2) }) : { communicationUserId: target };
   if (target && typeof target.communicationUserId === "string") return { communicationUserId: target.communicationUserId };
-  throw sdkError("BadTarget", "a call target must be { communicationUserId }");
+  // A phone number (E.164): the server calls it through the SIP gateway.
+  if (target && typeof target.phoneNumber === "string") return identifierOf({ phoneNumber: target.phoneNumber });
+  throw sdkError("BadTarget", "a call target must be { communicationUserId } or { phoneNumber }");
 }
 
 /**
@@ -160,9 +162,35 @@ const SIMULCAST_ENCODINGS = [
   { rid: "f", maxBitrate: 1500000 },
 ];
 
-/** The `communicationUserId` of an identifier, a participant record or a raw id string ("" when none). */
+/**
+ * The key of an identifier, a participant record or a raw id string ("" when none): the `communicationUserId`,
+ * or the raw id (`4:+E164`) of a phone number.
+ */
 function idOf(x) {
-  return typeof x === "string" ? x : x?.communicationUserId || x?.identifier?.communicationUserId || "";
+  if (typeof x === "string") return x;
+  return x?.communicationUserId || x?.rawId || x?.identifier?.communicationUserId || x?.identifier?.rawId || "";
+}
+
+/**
+ * The identifier of a participant record or caller from the server: `{kind: "phoneNumber", phoneNumber, rawId}`
+ * for a phone participant (SIP gateway), else `{communicationUserId}`.
+ */
+function identifierOf(info) {
+  if (info && typeof info.phoneNumber === "string" && info.phoneNumber) {
+    return { kind: "phoneNumber", phoneNumber: info.phoneNumber, rawId: info.rawId || info.communicationUserId || `4:${info.phoneNumber}` };
+  }
+  return { communicationUserId: info?.communicationUserId || "" };
+}
+
+/** DTMF tones `sendDtmf` takes: "0"-"9", "*", "#", "A"-"D", or the ACS names ("Num5", "Star", "Pound"). */
+const DTMF_NAMES = { Star: "*", Pound: "#" };
+
+/** @param {string} tone */
+function dtmfTone(tone) {
+  const t = String(tone);
+  const named = DTMF_NAMES[t] ?? (/^Num[0-9]$/.test(t) ? t.slice(3) : t);
+  if (!/^[0-9*#A-D]+$/.test(named) || named.length > 32) throw sdkError("BadArgument", `not a DTMF tone: ${JSON.stringify(t)}`);
+  return named;
 }
 
 /** Call end code for a failed `startCall`/`join` request. */
@@ -244,7 +272,9 @@ export class CallAgent extends Emitter {
   /**
    * Starts a 1:1 call. Returns the Call at once (state "None"); it moves to "Connecting", "Ringing",
    * "Connected" and finally "Disconnected" (see `call.callEndReason`).
-   * @param {CommunicationUserIdentifier[]} participants exactly one communication user
+   * @param {CommunicationUserIdentifier[]} participants exactly one: a communication user, or `{ phoneNumber: "+1..." }`
+   *   (called through the SIP gateway; states `Connecting`, `Ringing` (180), `EarlyMedia` (183: the phone's audio
+   *   plays), `Connected`)
    * @param {CallOptions} [options] `{audio: true, video: true}`
    * @returns {Call}
    */
@@ -255,7 +285,7 @@ export class CallAgent extends Emitter {
     if (list.length !== 1) throw sdkError("BadTarget", "a call needs exactly one participant");
     const target = toIdentifier(list[0]);
     const call = new Call(this, "Outgoing", mediaOptions(options));
-    call._addRemoteParticipant({ communicationUserId: target.communicationUserId, displayName: "", state: "Connecting", isMuted: false }, true);
+    call._addRemoteParticipant({ communicationUserId: idOf(target), phoneNumber: target.phoneNumber, displayName: "", state: "Connecting", isMuted: false }, true);
     this._addCall(call);
     call._runOutgoing(target);
     return call;
@@ -578,9 +608,12 @@ export class IncomingCall extends Emitter {
     this._agent = agent;
     /** The server's call id. */
     this.id = msg.callId;
-    /** Who is calling: `{identifier: {communicationUserId}, displayName}`. */
+    /**
+     * Who is calling: `{identifier, displayName}`; the identifier is `{communicationUserId}` for a user and
+     * `{kind: "phoneNumber", phoneNumber: "+1555...", rawId: "4:+1555..."}` for a phone caller (SIP gateway).
+     */
     this.callerInfo = {
-      identifier: { communicationUserId: msg.caller?.communicationUserId || "" },
+      identifier: identifierOf(msg.caller),
       displayName: msg.callerDisplayName || "",
     };
     /** Whether the caller started the call with video. */
@@ -601,7 +634,13 @@ export class IncomingCall extends Emitter {
     const agent = this._agent;
     const call = new Call(agent, "Incoming", mediaOptions(options));
     call._addRemoteParticipant(
-      { communicationUserId: this.callerInfo.identifier.communicationUserId, displayName: this.callerInfo.displayName, state: "Connected", isMuted: false },
+      {
+        communicationUserId: idOf(this.callerInfo.identifier),
+        phoneNumber: this.callerInfo.identifier.phoneNumber,
+        displayName: this.callerInfo.displayName,
+        state: "Connected",
+        isMuted: false,
+      },
       true,
     );
     call._setState("Connecting");
@@ -703,8 +742,8 @@ export class RemoteParticipant extends Emitter {
   /** @param {{communicationUserId: string, displayName?: string, state?: string, isMuted?: boolean, isSpeaking?: boolean}} info */
   constructor(info) {
     super();
-    /** @type {CommunicationUserIdentifier} */
-    this.identifier = { communicationUserId: info.communicationUserId };
+    /** `{communicationUserId}`, or `{kind: "phoneNumber", phoneNumber, rawId}` for a phone participant. */
+    this.identifier = identifierOf(info);
     this.displayName = info.displayName || "";
     /** @type {RemoteParticipantState} */
     this.state = /** @type {RemoteParticipantState} */ (info.state || "Connecting");
@@ -894,7 +933,21 @@ export class Call extends Emitter {
    * `trackIdentifier` (or `mid`) of inbound-rtp entries in `getStats()`.
    */
   get remoteTracks() {
-    return [...this._attached.values()].map((e) => ({ mid: e.mid, communicationUserId: e.participant.identifier.communicationUserId, source: e.source, track: e.track }));
+    return [...this._attached.values()].map((e) => ({ mid: e.mid, communicationUserId: idOf(e.participant.identifier), source: e.source, track: e.track }));
+  }
+
+  /**
+   * Sends DTMF: each tone reaches the other participants as a `dtmfReceived` event; a phone participant (SIP
+   * gateway) hears it as RFC 4733 telephone-events. Takes "0"-"9", "*", "#", "A"-"D" (several at once are sent
+   * in order) or the ACS names "Num0"-"Num9", "Star", "Pound". Only in a connected call.
+   * @param {string} tone
+   * @returns {Promise<void>}
+   */
+  async sendDtmf(tone) {
+    this._assertActive("sendDtmf");
+    const tones = dtmfTone(tone);
+    if (!this.id) throw sdkError("InvalidState", "the call is not connected yet");
+    await this._agent._request("sendDtmf", { callId: this.id, tones });
   }
 
   /**
@@ -1176,7 +1229,7 @@ export class Call extends Emitter {
     const added = [];
     for (const info of Array.isArray(result.participants) ? result.participants : []) {
       const id = idOf(info);
-      if (!id || id === self || this._remote.some((p) => p.identifier.communicationUserId === id)) continue;
+      if (!id || id === self || this._remote.some((p) => idOf(p.identifier) === id)) continue;
       added.push(this._addRemoteParticipant({ ...info, communicationUserId: id }, false));
     }
     this._agent._bindCallId(this, result.callId);
@@ -1503,7 +1556,7 @@ export class Call extends Emitter {
       const dir = transceiver.currentDirection;
       const receiving = dir === "recvonly" || dir === "sendrecv";
       const info = this._midInfo.get(mid);
-      const participant = info && this._remote.find((p) => p.identifier.communicationUserId === info.communicationUserId);
+      const participant = info && this._remote.find((p) => idOf(p.identifier) === info.communicationUserId);
       const track = transceiver.receiver.track;
       const source = /** @type {TrackSource} */ (track.kind === "audio" ? "audio" : info?.source === "screenShare" ? "screenShare" : "camera");
       const current = this._attached.get(mid);
@@ -1530,7 +1583,7 @@ export class Call extends Emitter {
         el.autoplay = true;
         el.hidden = true;
         el.setAttribute("data-switchboard-call", this.id);
-        el.setAttribute("data-user-id", participant.identifier.communicationUserId);
+        el.setAttribute("data-user-id", idOf(participant.identifier));
         el.srcObject = new MediaStream([track]);
         document.body.appendChild(el);
         el.play().catch(() => {}); // autoplay may wait for a user gesture
@@ -1649,6 +1702,10 @@ export class Call extends Emitter {
       case "layersWanted":
         this._onLayersWanted(msg);
         return;
+      case "dtmfReceived":
+        // Another participant's key press: a phone caller's DTMF (RFC 4733, SIP INFO or in-band) or a sendDtmf.
+        this._emit("dtmfReceived", { tone: String(msg.tone) });
+        return;
       case "dominantSpeakersChanged": {
         const list = Array.isArray(msg.speakers) ? msg.speakers : [];
         this.dominantSpeakers = {
@@ -1702,7 +1759,7 @@ export class Call extends Emitter {
       if (!id || id === self) return;
       const record = { ...info, communicationUserId: id };
       if (isUpdate && typeof info.isSpeaking === "boolean") this._serverSpeaking = true;
-      const existing = this._remote.find((p) => p.identifier.communicationUserId === id);
+      const existing = this._remote.find((p) => idOf(p.identifier) === id);
       if (existing) {
         existing._assumed = false;
         existing._update(record);
@@ -1714,7 +1771,7 @@ export class Call extends Emitter {
     for (const info of msg.updated || []) apply(info, true);
     for (const info of msg.removed || []) {
       const id = idOf(info);
-      const i = this._remote.findIndex((p) => p.identifier.communicationUserId === id);
+      const i = this._remote.findIndex((p) => idOf(p.identifier) === id);
       if (i < 0) continue;
       const p = this._remote[i];
       for (const [mid, entry] of [...this._attached]) if (entry.participant === p) this._detach(mid);

@@ -9,13 +9,59 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// A client-chosen request id: a string or a 64-bit integer, echoed in the response exactly.
 pub type RequestId = Value;
 
-/// A call target. Only communication users exist in this version; phone numbers come with the SIP gateway.
+/// A call target: a communication user, or a phone number (called through the SIP gateway).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
-    /// `8:acs:{resourceId}_{uuid}`.
+    /// `8:acs:{resourceId}_{uuid}` (empty for a phone number).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub communication_user_id: String,
+    /// `+E164` for a phone number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
 }
+
+/// Who calls, in `incomingCall` (ACS `CommunicationIdentifier` shapes): a communication user
+/// (`communicationUserId`) or a phone number (`phoneNumber`, E.164), with its raw id either way
+/// (`8:acs:...` or `4:+E164`, DESIGN §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Caller {
+    /// `8:acs:{resourceId}_{uuid}` for a communication user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub communication_user_id: Option<String>,
+    /// `+E164` for a phone caller (SIP gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
+    /// The raw id: `8:acs:...` or `4:+E164`.
+    pub raw_id: String,
+}
+
+impl Caller {
+    /// From a raw id: `4:+E164` is a phone number, anything else a communication user.
+    pub fn from_raw_id(raw: &str) -> Caller {
+        match phone_of_raw_id(raw) {
+            Some(p) => Caller {
+                communication_user_id: None,
+                phone_number: Some(p.to_string()),
+                raw_id: raw.to_string(),
+            },
+            None => Caller {
+                communication_user_id: Some(raw.to_string()),
+                phone_number: None,
+                raw_id: raw.to_string(),
+            },
+        }
+    }
+}
+
+/// The E.164 number of a phone raw id (`4:+15550100` -> `+15550100`), `None` for other ids.
+pub fn phone_of_raw_id(raw: &str) -> Option<&str> {
+    raw.strip_prefix("4:").filter(|p| p.starts_with('+'))
+}
+
+/// DTMF tones `sendDtmf` accepts (RFC 4733 §3.2 events 0-15).
+pub const DTMF_TONES: &str = "0123456789*#ABCD";
 
 /// Track sources a client may publish.
 pub const TRACK_SOURCES: [&str; 3] = ["audio", "camera", "screenShare"];
@@ -35,10 +81,13 @@ pub struct TrackSpec {
 pub struct OutTrackInfo {
     /// The m-line's mid.
     pub mid: String,
-    /// The publisher.
+    /// The publisher's raw id (`8:acs:...`, or `4:+E164` for a phone participant).
     pub communication_user_id: String,
     /// `audio`, `camera` or `screenShare`.
     pub source: String,
+    /// The publisher's number when it is a phone participant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
 }
 
 /// A trickle ICE candidate as `RTCIceCandidate.toJSON()` gives it.
@@ -114,6 +163,13 @@ pub enum ClientMessage {
     Mute { id: RequestId, call_id: String },
     /// Microphone unmuted.
     Unmute { id: RequestId, call_id: String },
+    /// Send DTMF tones to the other participants of the call (phone legs get RFC 4733 events).
+    SendDtmf {
+        id: RequestId,
+        call_id: String,
+        /// One or more of [`DTMF_TONES`].
+        tones: String,
+    },
     /// Trickle ICE candidate (notice).
     IceCandidate {
         call_id: String,
@@ -136,7 +192,8 @@ impl ClientMessage {
             | ClientMessage::Join { id, .. }
             | ClientMessage::SetPreferredVideoSize { id, .. }
             | ClientMessage::Mute { id, .. }
-            | ClientMessage::Unmute { id, .. } => Some(id),
+            | ClientMessage::Unmute { id, .. }
+            | ClientMessage::SendDtmf { id, .. } => Some(id),
             ClientMessage::IceCandidate { .. } => None,
         }
     }
@@ -330,6 +387,23 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
             id: need_id()?,
             call_id: s("callId")?,
         },
+        "sendDtmf" => {
+            let tones = s("tones")?;
+            if tones.is_empty()
+                || tones.chars().count() > 32
+                || !tones.chars().all(|c| DTMF_TONES.contains(c))
+            {
+                return Err(err(
+                    id,
+                    "field \"tones\" of \"sendDtmf\" must be 1 to 32 of 0-9 * # A-D",
+                ));
+            }
+            ClientMessage::SendDtmf {
+                id: need_id()?,
+                call_id: s("callId")?,
+                tones,
+            }
+        }
         "iceCandidate" => {
             let candidate = match obj.get("candidate") {
                 Some(c) => serde_json::from_value::<IceCandidate>(c.clone()).map_err(|e| {
@@ -376,8 +450,11 @@ impl EndReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParticipantInfo {
-    /// Identity of the participant.
+    /// Raw id of the participant (`8:acs:...`, or `4:+E164` for a phone participant).
     pub communication_user_id: String,
+    /// The participant's number when it is a phone participant (SIP gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
     /// Name given at `auth`.
     pub display_name: Option<String>,
     /// ACS participant state (`Connecting`, `Ringing`, `Connected`, `Disconnected`).
@@ -439,7 +516,7 @@ pub enum ServerMessage {
     #[serde(rename_all = "camelCase")]
     IncomingCall {
         call_id: String,
-        caller: Target,
+        caller: Caller,
         caller_display_name: Option<String>,
         video: bool,
     },
@@ -448,6 +525,13 @@ pub enum ServerMessage {
     IncomingCallEnded {
         call_id: String,
         end_reason: EndReason,
+    },
+    /// Another participant sent a DTMF tone (a phone caller's key press, or a `sendDtmf`).
+    #[serde(rename_all = "camelCase")]
+    DtmfReceived {
+        call_id: String,
+        /// One of [`DTMF_TONES`].
+        tone: String,
     },
     /// The call's state as this connection sees it.
     #[serde(rename_all = "camelCase")]
@@ -518,7 +602,8 @@ mod tests {
             ClientMessage::StartCall {
                 id: Value::from(3),
                 targets: vec![Target {
-                    communication_user_id: "8:acs:a_b".into()
+                    communication_user_id: "8:acs:a_b".into(),
+                    phone_number: None,
                 }],
                 video: false
             }
@@ -562,6 +647,40 @@ mod tests {
         assert!(e.message.contains("\"callId\""), "{}", e.message);
         let e = decode_client_message(r#"{"type":"accept","callId":"c"}"#).unwrap_err();
         assert!(e.message.contains("needs field \"id\""), "{}", e.message);
+    }
+
+    #[test]
+    fn send_dtmf_accepts_only_dtmf_tones() {
+        let m = decode_client_message(r#"{"type":"sendDtmf","id":1,"callId":"c","tones":"5#"}"#);
+        assert_eq!(
+            m.unwrap(),
+            ClientMessage::SendDtmf {
+                id: Value::from(1),
+                call_id: "c".into(),
+                tones: "5#".into()
+            }
+        );
+        for bad in ["", "5x", "e"] {
+            let frame = format!(r#"{{"type":"sendDtmf","id":1,"callId":"c","tones":"{bad}"}}"#);
+            assert!(decode_client_message(&frame).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn phone_callers_serialize_with_their_number() {
+        let m = ServerMessage::IncomingCall {
+            call_id: "c".into(),
+            caller: Caller::from_raw_id("4:+15551230000"),
+            caller_display_name: None,
+            video: false,
+        };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"incomingCall","callId":"c","caller":{"phoneNumber":"+15551230000","rawId":"4:+15551230000"},"callerDisplayName":null,"video":false}"#
+        );
+        let user = Caller::from_raw_id("8:acs:a_b");
+        assert_eq!(user.communication_user_id.as_deref(), Some("8:acs:a_b"));
+        assert_eq!(user.phone_number, None);
     }
 
     #[test]

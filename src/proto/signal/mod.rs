@@ -5,7 +5,7 @@
 mod message;
 
 pub use message::{
-    ClientMessage, DecodeError, EndReason, IceCandidate, MAX_FRAME_BYTES, OutTrackInfo,
-    ParticipantInfo, RequestId, ServerMessage, TRACK_SOURCES, Target, TrackSpec,
-    decode_client_message,
+    Caller, ClientMessage, DTMF_TONES, DecodeError, EndReason, IceCandidate, MAX_FRAME_BYTES,
+    OutTrackInfo, ParticipantInfo, RequestId, ServerMessage, TRACK_SOURCES, Target, TrackSpec,
+    decode_client_message, phone_of_raw_id,
 };

@@ -365,6 +365,26 @@ impl Router {
         }
     }
 
+    /// Every trunk whose `prefixes` match `number`, longest matching prefix first (configuration order among
+    /// equals): the first carries an outbound call, the others are its failover (503, 408).
+    pub fn outbound_trunks(&self, number: &str) -> Vec<usize> {
+        let mut found: Vec<(usize, usize)> = self
+            .trunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (t, _))| {
+                t.prefixes
+                    .iter()
+                    .filter(|p| number.starts_with(p.as_str()))
+                    .map(|p| p.len())
+                    .max()
+                    .map(|len| (i, len))
+            })
+            .collect();
+        found.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        found.into_iter().map(|(i, _)| i).collect()
+    }
+
     /// The trunk for an outbound call to `number`: longest matching prefix.
     pub fn outbound_trunk(&self, number: &str) -> Option<usize> {
         self.trunks

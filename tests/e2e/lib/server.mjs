@@ -56,7 +56,7 @@ function udpPortFree(port) {
  * @param {number} n
  * @returns {Promise<number[]>}
  */
-async function freePorts(n) {
+export async function freePorts(n) {
   const ports = new Set();
   for (let tries = 0; ports.size < n && tries < 50; tries++) {
     const port = await freeTcpPort();
@@ -110,8 +110,10 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * Starts the server.
- * @param {{ label?: string, startTimeoutMs?: number, extraArgs?: string[], env?: Record<string,string> }} [options]
- * `mediaPort` is media worker 0's port; `mediaPorts` lists every worker's (a room's clients use its worker's).
+ * `dataDir` reuses a data directory (its identities and keys), which is then kept at stop; without it a fresh one is
+ * made and removed at stop. `mediaPort` is media worker 0's port; `mediaPorts` lists every worker's (a room's
+ * clients use its worker's).
+ * @param {{ label?: string, startTimeoutMs?: number, extraArgs?: string[], env?: Record<string,string>, dataDir?: string }} [options]
  * @returns {Promise<{ httpUrl: string, httpPort: number, httpsPort: number, mediaPort: number, mediaPorts: number[], dataDir: string, logPath: string, stop: () => Promise<void> }>}
  */
 export async function startServer(options = {}) {
@@ -120,7 +122,8 @@ export async function startServer(options = {}) {
   if (!fs.existsSync(bin)) {
     throw new Error(`server binary not found at ${bin}: build it (cargo build) or set SWITCHBOARD_BIN`);
   }
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), `switchboard-e2e-${label}-`));
+  const ownDataDir = !options.dataDir;
+  const dataDir = options.dataDir || fs.mkdtempSync(path.join(os.tmpdir(), `switchboard-e2e-${label}-`));
   const [httpPort, httpsPort] = await freePorts(2);
   const mediaPort = await freeUdpRange(MEDIA_WORKERS, [httpPort, httpsPort]);
   const mediaPorts = Array.from({ length: MEDIA_WORKERS }, (_, i) => mediaPort + i);
@@ -199,7 +202,7 @@ export async function startServer(options = {}) {
         }
       }
       await new Promise((resolve) => log.end(resolve));
-      if (process.env.SWITCHBOARD_E2E_KEEP !== "1") fs.rmSync(dataDir, { recursive: true, force: true });
+      if (ownDataDir && process.env.SWITCHBOARD_E2E_KEEP !== "1") fs.rmSync(dataDir, { recursive: true, force: true });
       return exitInfo;
     })();
     return stopping;

@@ -1,0 +1,327 @@
+//! Outbound calls (issue 5, phase 2) over real sockets: a WebSocket client calls `{phoneNumber}`, raw UDP sockets
+//! written here play the carriers. Failures become end reasons (486, 404), 503 fails over to the next trunk whose
+//! prefix matches, a number no trunk serves ends with 404, the caller's hang-up while ringing sends CANCEL (and the
+//! 487 is ACKed), and a BYE from the carrier ends the browser's call. The 407 digest flow with audio is proven with
+//! sipp and Chromium in `tests/e2e/sip_outbound.test.mjs`.
+
+mod common;
+mod sip_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Client, TestServer, state_event};
+use serde_json::{Value, json};
+use switchboard::proto::sip::message::{self, Message, ReplyBase, StartLine};
+use switchboard::proto::sip::route::{TrunkConfig, TrunkTransport};
+use switchboard::proto::sip::sdp::G711;
+use tokio::net::UdpSocket;
+
+/// A carrier: one UDP socket that receives the gateway's requests and answers them.
+struct Carrier {
+    sock: UdpSocket,
+}
+
+impl Carrier {
+    async fn new() -> Carrier {
+        Carrier {
+            sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    /// The next request with this method (other messages are skipped), and where it came from.
+    async fn request(&self, method: &str) -> (Message, SocketAddr) {
+        let mut buf = vec![0u8; 65535];
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (n, from) = tokio::time::timeout_at(end, self.sock.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {method} from the gateway"))
+                .unwrap();
+            let m = message::parse(&buf[..n]).expect("the gateway sends well-formed SIP");
+            if m.method() == Some(method) {
+                return (m, from);
+            }
+        }
+    }
+
+    async fn respond(&self, to: SocketAddr, req: &Message, code: u16, reason: &str, body: &str) {
+        let mut extra = vec![("Contact", format!("<sip:carrier@{}>", self.addr()))];
+        if !body.is_empty() {
+            extra.push(("Content-Type", "application/sdp".to_string()));
+        }
+        let bytes =
+            ReplyBase::of(req).response(code, reason, Some("carrier1"), &extra, body.as_bytes());
+        self.sock.send_to(&bytes, to).await.unwrap();
+    }
+}
+
+fn trunk(name: &str, addr: SocketAddr, prefix: &str) -> TrunkConfig {
+    TrunkConfig {
+        name: name.into(),
+        address: addr.to_string(),
+        transport: TrunkTransport::Udp,
+        username: None,
+        password: None,
+        allow: vec!["127.0.0.1/32".into()],
+        caller_id: Some("+15550999".into()),
+        codecs: vec![G711::Pcma, G711::Pcmu],
+        prefixes: vec![prefix.into()],
+        keepalive_secs: 0,
+    }
+}
+
+async fn server(rtp_min: u16, trunks: Vec<TrunkConfig>) -> TestServer {
+    common::server_with(|c| {
+        c.sip.port = 0;
+        c.sip.bind = "127.0.0.1".parse().unwrap();
+        c.sip.rtp_port_min = rtp_min;
+        c.sip.rtp_port_max = rtp_min + 99;
+        c.sip.trunks = trunks;
+    })
+    .await
+}
+
+async fn caller(s: &TestServer) -> Client {
+    let (_, token) = s.user().await;
+    Client::authed(&s.ws_url(), &token, "Alice").await
+}
+
+/// `startCall` to a phone number; returns the call id.
+async fn call(alice: &mut Client, number: &str) -> String {
+    let r = alice
+        .request(
+            "startCall",
+            json!({ "targets": [{ "phoneNumber": number }], "video": false }),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    r["result"]["callId"].as_str().unwrap().to_string()
+}
+
+async fn ended(alice: &mut Client, call_id: &str) -> Value {
+    alice
+        .event(
+            Duration::from_secs(10),
+            state_event(call_id, "Disconnected"),
+        )
+        .await
+}
+
+fn ports_in_use(s: &TestServer) -> usize {
+    s.running.sip.as_ref().unwrap().ports.in_use()
+}
+
+fn cseq_method(m: &Message) -> String {
+    m.cseq().map(|(_, m)| m).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn busy_486_ends_the_call_with_486_and_the_final_response_is_acked() {
+    let carrier = Carrier::new().await;
+    let s = server(47000, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    assert!(
+        invite.header("From").unwrap().contains("+15550999"),
+        "caller id from the trunk"
+    );
+    let sdp = String::from_utf8_lossy(&invite.body).to_string();
+    assert!(
+        sdp.contains("PCMA/8000") && sdp.contains("telephone-event/8000"),
+        "{sdp}"
+    );
+    carrier.respond(gw, &invite, 100, "Trying", "").await;
+    carrier.respond(gw, &invite, 486, "Busy Here", "").await;
+    let (ack, _) = carrier.request("ACK").await;
+    assert_eq!(ack.call_id(), invite.call_id());
+    let via = |m: &Message| m.header("Via").unwrap_or("").to_string();
+    assert_eq!(
+        message::header_param(&via(&ack), "branch"),
+        message::header_param(&via(&invite), "branch"),
+        "the ACK of a non-2xx is in the INVITE's transaction"
+    );
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 486, "{ev}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_503_fails_over_to_the_next_trunk_and_its_404_ends_the_call() {
+    let first = Carrier::new().await;
+    let second = Carrier::new().await;
+    let s = server(
+        47100,
+        vec![
+            trunk("primary", first.addr(), "+1555"),
+            trunk("backup", second.addr(), "+1"),
+        ],
+    )
+    .await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = first.request("INVITE").await;
+    first
+        .respond(gw, &invite, 503, "Service Unavailable", "")
+        .await;
+    first.request("ACK").await;
+    let (invite2, gw2) = second.request("INVITE").await;
+    second.respond(gw2, &invite2, 180, "Ringing", "").await;
+    alice
+        .event(Duration::from_secs(5), state_event(&call_id, "Ringing"))
+        .await;
+    second.respond(gw2, &invite2, 404, "Not Found", "").await;
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 404, "{ev}");
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_number_no_trunk_serves_ends_with_404() {
+    let carrier = Carrier::new().await;
+    let s = server(47200, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+4420700000").await;
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 404, "{ev}");
+    let r = alice
+        .request(
+            "startCall",
+            json!({ "targets": [{ "phoneNumber": "15550100" }] }),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "BadTarget", "not E.164: {r}");
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn hanging_up_while_it_rings_sends_cancel_and_acks_the_487() {
+    let carrier = Carrier::new().await;
+    let s = server(47300, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    carrier.respond(gw, &invite, 180, "Ringing", "").await;
+    alice
+        .event(Duration::from_secs(5), state_event(&call_id, "Ringing"))
+        .await;
+    let r = alice.request("hangUp", json!({ "callId": call_id })).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (cancel, _) = carrier.request("CANCEL").await;
+    assert_eq!(cancel.call_id(), invite.call_id());
+    assert_eq!(cseq_method(&cancel), "CANCEL");
+    assert_eq!(
+        cancel.cseq().unwrap().0,
+        invite.cseq().unwrap().0,
+        "CANCEL has the INVITE's CSeq number"
+    );
+    carrier.respond(gw, &cancel, 200, "OK", "").await;
+    carrier
+        .respond(gw, &invite, 487, "Request Terminated", "")
+        .await;
+    let (ack, _) = carrier.request("ACK").await;
+    assert_eq!(ack.call_id(), invite.call_id());
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 487, "{ev}");
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answered_call_connects_and_the_carriers_bye_ends_it() {
+    let carrier = Carrier::new().await;
+    let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let s = server(47400, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    let answer = format!(
+        "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n",
+        media.local_addr().unwrap().port()
+    );
+    carrier.respond(gw, &invite, 200, "OK", &answer).await;
+    let (ack, _) = carrier.request("ACK").await;
+    assert!(
+        matches!(&ack.start, StartLine::Request { uri, .. } if uri.contains("carrier@")),
+        "the 2xx ACK goes to the Contact"
+    );
+    alice
+        .event(Duration::from_secs(5), state_event(&call_id, "Connected"))
+        .await;
+    let joined = alice
+        .event(Duration::from_secs(5), |v| {
+            v["type"] == "participantsUpdated"
+        })
+        .await;
+    assert_eq!(joined["added"][0]["phoneNumber"], "+15550100");
+    assert_eq!(ports_in_use(&s), 1);
+    let bye = format!(
+        "BYE sip:switchboard@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {c};branch=z9hG4bKbye1\r\nMax-Forwards: 70\r\nFrom: {to};tag=carrier1\r\nTo: {from}\r\nCall-ID: {cid}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        c = carrier.addr(),
+        to = invite.header("To").unwrap(),
+        from = invite.header("From").unwrap(),
+        cid = invite.call_id().unwrap(),
+    );
+    carrier.sock.send_to(bye.as_bytes(), gw).await.unwrap();
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 0, "{ev}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
+    s.running.shutdown().await;
+}
+
+/// Sum of the samples of a metric in `/metrics`.
+async fn metric(s: &TestServer, name: &str) -> f64 {
+    sip_support::counter(s, name, &[]).await
+}
+
+#[tokio::test]
+async fn early_media_joins_the_room_at_183_and_a_later_486_frees_it() {
+    let carrier = Carrier::new().await;
+    let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let s = server(47500, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    let answer = format!(
+        "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n",
+        media.local_addr().unwrap().port()
+    );
+    carrier
+        .respond(gw, &invite, 183, "Session Progress", &answer)
+        .await;
+    alice
+        .event(Duration::from_secs(5), state_event(&call_id, "EarlyMedia"))
+        .await;
+    // The phone's media agent is in the call's SFU room before the answer (the caller has no media yet).
+    let mut rooms = 0.0;
+    for _ in 0..50 {
+        rooms = metric(&s, "switchboard_media_rooms").await;
+        if rooms == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rooms, 1.0, "the agent's room exists during early media");
+    assert_eq!(ports_in_use(&s), 1);
+    carrier.respond(gw, &invite, 486, "Busy Here", "").await;
+    carrier.request("ACK").await;
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 486, "{ev}");
+    for _ in 0..50 {
+        rooms = metric(&s, "switchboard_media_rooms").await;
+        if rooms == 0.0 && ports_in_use(&s) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rooms, 0.0, "the agent left the SFU with the failed call");
+    assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
+    s.running.shutdown().await;
+}
