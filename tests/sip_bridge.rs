@@ -13,90 +13,85 @@ use std::time::Duration;
 
 use common::{Client, TestServer, state_event};
 use serde_json::{Value, json};
-use sip_support::{code, udp_until};
+use sip_support::{code, sip_server_with, udp_until};
 use switchboard::config::Config;
 use switchboard::proto::sip::message::Message;
-use switchboard::proto::sip::route::{NumberConfig, TrunkConfig, TrunkTransport};
-use switchboard::proto::sip::sdp::G711;
+use switchboard::proto::sip::route::NumberConfig;
 use tokio::net::UdpSocket;
 
 const NUMBER: &str = "+15550200";
+/// A number routed to the group call `GROUP`.
+const GROUP_NUMBER: &str = "+15550201";
+const GROUP: &str = "0b7e7d4e-4d51-4b8e-9d0c-6c1f0f3a2b10";
 
 /// A server whose number `NUMBER` rings a user created beforehand (the route names the identity, so the store
-/// is made by a first run on the same data directory). Returns the server, the user's id and a token.
+/// is made by a first run on the same data directory) and whose number `GROUP_NUMBER` joins the group call
+/// `GROUP`. Returns the server, the user's id and a token.
 async fn bridged_server(rtp_min: u16) -> (TestServer, String, String) {
     let first = common::server().await;
     let (id, token) = first.user().await;
     let dir = first.dir.clone();
     first.running.shutdown().await;
     let user = id.clone();
-    let mut config = Config {
-        data_dir: dir.clone(),
-        https_port: 0,
-        http_port: 0,
-        media_port: 0,
-        ..Config::default()
-    };
-    config.sip.port = 0;
-    config.sip.bind = "127.0.0.1".parse().unwrap();
-    config.sip.rtp_port_min = rtp_min;
-    config.sip.rtp_port_max = rtp_min + 99;
-    config.sip.trunks = vec![TrunkConfig {
-        name: "loopback".into(),
-        address: "127.0.0.1:5090".into(),
-        transport: TrunkTransport::Udp,
-        username: None,
-        password: None,
-        allow: vec!["127.0.0.1/32".into()],
-        caller_id: None,
-        codecs: vec![G711::Pcmu, G711::Pcma],
-        prefixes: vec!["+1".into()],
-        keepalive_secs: 0,
-    }];
-    config.sip.numbers = vec![NumberConfig {
-        number: NUMBER.into(),
-        user: Some(user),
-        group: None,
-        echo: false,
-        answer_after_ms: 0,
-    }];
-    let running = switchboard::app::start(config)
-        .await
-        .expect("server starts");
-    let key = running
-        .connection_string
-        .split("accesskey=")
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let base = format!("http://{}", running.http_addr);
-    let s = TestServer {
-        running,
-        dir,
-        key,
-        base,
-        http: reqwest::Client::new(),
-    };
+    let data_dir = dir.clone();
+    let mut s = sip_server_with(rtp_min, move |c: &mut Config| {
+        c.data_dir = data_dir;
+        c.sip.rtp_port_max = rtp_min + 99;
+        let route = |number: &str| NumberConfig {
+            number: number.into(),
+            user: None,
+            group: None,
+            echo: false,
+            answer_after_ms: 0,
+        };
+        c.sip.numbers = vec![
+            NumberConfig {
+                user: Some(user),
+                ..route(NUMBER)
+            },
+            NumberConfig {
+                group: Some(GROUP.into()),
+                ..route(GROUP_NUMBER)
+            },
+        ];
+    })
+    .await;
+    s.dir = dir;
     (s, id, token)
 }
 
 /// A phone: raw SIP over UDP from 127.0.0.1.
 struct Phone {
     sock: UdpSocket,
+    /// Where its SDP says it receives RTP.
+    rtp: UdpSocket,
     gw: SocketAddr,
     call_id: String,
     to_tag: Option<String>,
+    /// The number dialled.
+    number: &'static str,
+    /// The caller's number.
+    from: &'static str,
 }
 
 impl Phone {
+    /// +15550999 calling `NUMBER`.
     async fn new(gw: SocketAddr) -> Phone {
+        Phone::calling(gw, NUMBER, "+15550999").await
+    }
+
+    async fn calling(gw: SocketAddr, number: &'static str, from: &'static str) -> Phone {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let call_id = format!("phone-{}", sock.local_addr().unwrap().port());
         Phone {
             sock,
+            rtp,
             gw,
             call_id,
             to_tag: None,
+            number,
+            from,
         }
     }
 
@@ -120,7 +115,9 @@ impl Phone {
             format!("z9hG4bK{}{cseq}{method}", self.call_id)
         };
         format!(
-            "{method} sip:{NUMBER}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch}\r\nMax-Forwards: 70\r\nFrom: \"Phone\" <sip:+15550999@{local}>;tag=ph1\r\nTo: <sip:{NUMBER}@{gw}>{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {cseq_method}\r\nContact: <sip:phone@{local}>\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
+            "{method} sip:{number}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch}\r\nMax-Forwards: 70\r\nFrom: \"Phone\" <sip:{from}@{local}>;tag=ph1\r\nTo: <sip:{number}@{gw}>{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {cseq_method}\r\nContact: <sip:phone@{local}>\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
+            number = self.number,
+            from = self.from,
             gw = self.gw,
             cid = self.call_id,
             len = body.len()
@@ -132,13 +129,16 @@ impl Phone {
     }
 
     async fn invite(&self) {
-        let sdp = "v=0\r\no=ph 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n";
+        let port = self.rtp.local_addr().unwrap().port();
+        let sdp = format!(
+            "v=0\r\no=ph 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n"
+        );
         let r = self.request(
             "INVITE",
             1,
             "INVITE",
             "Content-Type: application/sdp\r\n",
-            sdp,
+            &sdp,
         );
         self.send(r).await;
     }
@@ -337,5 +337,143 @@ async fn the_browsers_hang_up_sends_bye_to_the_phone() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
+    s.running.shutdown().await;
+}
+
+/// The first port of `m=audio` in an SDP body.
+fn audio_port(sdp: &[u8]) -> u16 {
+    let sdp = String::from_utf8_lossy(sdp);
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no m=audio port in {sdp}"))
+}
+
+/// Dials `GROUP_NUMBER` from `from` and completes the INVITE (200 + ACK); returns the phone and where the
+/// gateway receives its RTP.
+async fn join_by_phone(s: &TestServer, from: &'static str) -> (Phone, SocketAddr) {
+    let mut phone = Phone::calling(sip_udp(s), GROUP_NUMBER, from).await;
+    phone.invite().await;
+    let got = phone.until(0).await;
+    let ok = got.last().expect("a final response");
+    assert_eq!(
+        code(ok),
+        200,
+        "a group route answers at once: {:?}",
+        codes(&got)
+    );
+    phone.send(phone.request("ACK", 1, "ACK", "", "")).await;
+    let port = audio_port(&ok.body);
+    (phone, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Root mean square of the PCMA payloads of the RTP packets on `sock` for `window`, per packet; the loudest.
+async fn loudest_pcma_packet(sock: &UdpSocket, window: Duration) -> (usize, f64) {
+    use switchboard::proto::sip::{g711, rtp};
+    let (mut packets, mut loudest) = (0, 0.0f64);
+    let mut buf = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+        let Ok(p) = rtp::parse(&buf[..n]) else {
+            continue;
+        };
+        if p.pt != 8 || p.payload.is_empty() {
+            continue;
+        }
+        packets += 1;
+        let sum: f64 = p
+            .payload
+            .iter()
+            .map(|b| f64::from(g711::alaw_decode(*b)).powi(2))
+            .sum();
+        loudest = loudest.max((sum / p.payload.len() as f64).sqrt());
+    }
+    (packets, loudest)
+}
+
+/// Issue 5 §2 (a number that joins a group call): two phones dial a number routed to a group while a WebSocket
+/// client is in it. Each phone's leg is a participant named by its number; a tone one phone sends reaches the
+/// other transcoded (PCMA -> Opus -> the SFU -> Opus -> PCMA) and loud, silence before it stays quiet;
+/// `hangUp({forEveryone})` from the group's first joiner sends BYE to both phones and frees their RTP ports.
+#[tokio::test]
+async fn a_group_route_joins_the_group_call_and_its_phones_hear_each_other() {
+    use switchboard::proto::sip::{g711, rtp};
+    let (s, _id, token) = bridged_server(46500).await;
+    let mut alice = Client::authed(&s.ws_url(), &token, "Alice").await;
+    let r = alice
+        .request("join", json!({ "groupId": GROUP, "video": false }))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let call_id = r["result"]["callId"].as_str().unwrap().to_string();
+
+    let (a, a_gw) = join_by_phone(&s, "+15550901").await;
+    let (b, b_gw) = join_by_phone(&s, "+15550902").await;
+    for number in ["+15550901", "+15550902"] {
+        let ev = alice
+            .event(Duration::from_secs(5), |v| {
+                v["type"] == "participantsUpdated" && v["added"][0]["phoneNumber"] == number
+            })
+            .await;
+        assert_eq!(ev["callId"], call_id.as_str());
+        assert_eq!(ev["added"][0]["communicationUserId"], format!("4:{number}"));
+    }
+    assert_eq!(ports_in_use(&s), 2);
+
+    // B speaks too (silence), so the gateway has latched both phones' addresses.
+    let silence = vec![g711::alaw_encode(0); 160];
+    for seq in 0..5u16 {
+        let pkt = rtp::write(seq == 0, 8, seq, u32::from(seq) * 160, 0xb0b, &silence);
+        b.rtp.send_to(&pkt, b_gw).await.unwrap();
+        a.rtp.send_to(&pkt, a_gw).await.unwrap();
+    }
+    let (_, quiet) = loudest_pcma_packet(&b.rtp, Duration::from_millis(600)).await;
+    assert!(
+        quiet < 200.0,
+        "B hears no tone before A sends one: RMS {quiet:.0}"
+    );
+
+    // A sends a 400 Hz tone (amplitude 8000) for 2 s at 20 ms per packet; B listens meanwhile.
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for n in 0..100u32 {
+            tick.tick().await;
+            let payload: Vec<u8> = (0..160u32)
+                .map(|i| {
+                    let t = f64::from(n * 160 + i) / 8000.0;
+                    g711::alaw_encode(
+                        (8000.0 * (2.0 * std::f64::consts::PI * 400.0 * t).sin()) as i16,
+                    )
+                })
+                .collect();
+            let pkt = rtp::write(n == 0, 8, n as u16 + 10, n * 160, 0xa, &payload);
+            a.rtp.send_to(&pkt, a_gw).await.unwrap();
+        }
+        a
+    });
+    let (packets, loud) = loudest_pcma_packet(&b.rtp, Duration::from_millis(2500)).await;
+    let a = sender.await.unwrap();
+    println!("B before the tone: loudest RMS {quiet:.0}; during it: {packets} packets, loudest RMS {loud:.0}");
+    assert!(packets > 50, "B gets RTP from the group: {packets} packets");
+    assert!(
+        loud > 2000.0,
+        "B hears A's tone through the SFU: loudest packet RMS {loud:.0}"
+    );
+
+    let r = alice
+        .request("hangUp", json!({ "callId": call_id, "forEveryone": true }))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    for phone in [&a, &b] {
+        let got = udp_until(&phone.sock, Duration::from_secs(5), |m| {
+            m.method() == Some("BYE")
+        })
+        .await;
+        let bye = got.last().expect("a BYE");
+        assert_eq!(bye.method(), Some("BYE"), "{} gets BYE", phone.from);
+        assert_eq!(bye.call_id(), Some(phone.call_id.as_str()));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ports_in_use(&s), 0, "the RTP ports are freed");
     s.running.shutdown().await;
 }

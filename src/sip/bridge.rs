@@ -35,7 +35,7 @@ use crate::proto::sip::rtp;
 use crate::service::calls::{ConnId, Hub, HubCommand, MediaParticipant, Outbound, OutboundTx};
 use crate::sfu::{AgentAudio, AgentSink, ParticipantId};
 
-/// The request id of a leg's `startCall`: its failure refuses the INVITE.
+/// The request id of a leg's `startCall` or `join`: its failure refuses the INVITE.
 pub const START_REQUEST: &str = "sip-start";
 
 /// Media participant ids of SIP legs start here, far above the hub's own (which count from 1).
@@ -120,6 +120,50 @@ impl HubLeg {
         callee: &str,
         events: mpsc::UnboundedSender<HubEvent>,
     ) -> HubLeg {
+        let leg = HubLeg::register(hub, sip_call_id, caller, events);
+        hub.send(HubCommand::Client {
+            conn: leg.conn,
+            msg: ClientMessage::StartCall {
+                id: json!(START_REQUEST),
+                targets: vec![Target {
+                    communication_user_id: callee.to_string(),
+                    phone_number: None,
+                }],
+                video: false,
+            },
+        });
+        leg
+    }
+
+    /// Registers a connection for the phone number `caller` and joins the group call `group_id`
+    /// (a UUID; the call is created when nobody is in it yet), as a browser's `join` would. The
+    /// hub answers with `Connected` at once (or a failed response to [`START_REQUEST`]).
+    pub fn join_group(
+        hub: &Hub,
+        sip_call_id: &str,
+        caller: &str,
+        group_id: &str,
+        events: mpsc::UnboundedSender<HubEvent>,
+    ) -> HubLeg {
+        let leg = HubLeg::register(hub, sip_call_id, caller, events);
+        hub.send(HubCommand::Client {
+            conn: leg.conn,
+            msg: ClientMessage::Join {
+                id: json!(START_REQUEST),
+                group_id: group_id.to_string(),
+                video: false,
+            },
+        });
+        leg
+    }
+
+    /// A server-driven hub connection (`RegisterAgent`) whose messages are forwarded to `events`.
+    fn register(
+        hub: &Hub,
+        sip_call_id: &str,
+        caller: &str,
+        events: mpsc::UnboundedSender<HubEvent>,
+    ) -> HubLeg {
         let conn = hub.next_conn_id();
         let participant = AGENT_PARTICIPANT_BASE + NEXT_AGENT.fetch_add(1, Ordering::Relaxed);
         let raw_id = format!("4:{}", e164(caller));
@@ -142,17 +186,6 @@ impl HubLeg {
             display_name: None,
             participant,
             out,
-        });
-        hub.send(HubCommand::Client {
-            conn,
-            msg: ClientMessage::StartCall {
-                id: json!(START_REQUEST),
-                targets: vec![Target {
-                    communication_user_id: callee.to_string(),
-                    phone_number: None,
-                }],
-                video: false,
-            },
         });
         HubLeg {
             hub: hub.clone(),

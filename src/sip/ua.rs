@@ -497,13 +497,13 @@ impl Ua {
             .reply(&peer, &base, (100, "Trying"), None, &[], b"")
             .await;
         let local_tag = tag();
-        let bridged_user = match &target {
-            RouteTarget::User(u) if self.settings.bridge.is_some() => Some(u.clone()),
-            _ => None,
+        let bridged = match &target {
+            RouteTarget::Echo => None,
+            t => self.settings.bridge.as_ref().map(|_| t.clone()),
         };
-        if !matches!(target, RouteTarget::Echo) && bridged_user.is_none() {
-            // Group calls are not bridged yet (issue 5): say so instead of ringing nobody.
-            tracing::info!(call_id = %call_id, dialled = %dialled, route = ?target, "route not available yet: 480");
+        if !matches!(target, RouteTarget::Echo) && bridged.is_none() {
+            // A UA without the call hub (unit harnesses) cannot bridge: say so instead of ringing nobody.
+            tracing::info!(call_id = %call_id, dialled = %dialled, route = ?target, "route not available without the call hub: 480");
             self.reply(
                 &peer,
                 &base,
@@ -558,15 +558,44 @@ impl Ua {
             .header("Contact")
             .and_then(angle_uri)
             .unwrap_or_else(|| format!("sip:{}", peer.addr()));
-        if let (Some(user), Some(deps)) = (bridged_user, self.settings.bridge.clone()) {
+        let mut leg = None;
+        if let (Some(target), Some(deps)) = (bridged, self.settings.bridge.clone()) {
             let caller = msg
                 .header("From")
                 .and_then(angle_uri)
                 .and_then(|u| message::uri_user(&u))
                 .unwrap_or_default();
-            tracing::info!(call_id = %call_id, trunk = %trunk_name, %source, dialled = %dialled, caller = %caller, user = %user, codec = neg.codec.name(), telephone_event = neg.telephone_event.is_some(), "inbound call to a user: ringing its browsers");
-            metrics::counter!("switchboard_sip_calls_total", "route" => "user").increment(1);
-            let leg = HubLeg::start_call(&deps.hub, &call_id, &caller, &user, self.hub_tx.clone());
+            let codec = neg.codec.name();
+            let telephone_event = neg.telephone_event.is_some();
+            leg = match &target {
+                RouteTarget::Group(group) => {
+                    tracing::info!(call_id = %call_id, trunk = %trunk_name, %source, dialled = %dialled, caller = %caller, group = %group, codec, telephone_event, "inbound call to a group: joining it");
+                    metrics::counter!("switchboard_sip_calls_total", "route" => "group")
+                        .increment(1);
+                    Some(HubLeg::join_group(
+                        &deps.hub,
+                        &call_id,
+                        &caller,
+                        group,
+                        self.hub_tx.clone(),
+                    ))
+                }
+                RouteTarget::User(user) => {
+                    tracing::info!(call_id = %call_id, trunk = %trunk_name, %source, dialled = %dialled, caller = %caller, user = %user, codec, telephone_event, "inbound call to a user: ringing its browsers");
+                    metrics::counter!("switchboard_sip_calls_total", "route" => "user")
+                        .increment(1);
+                    Some(HubLeg::start_call(
+                        &deps.hub,
+                        &call_id,
+                        &caller,
+                        user,
+                        self.hub_tx.clone(),
+                    ))
+                }
+                RouteTarget::Echo => None,
+            };
+        }
+        if let Some(leg) = leg {
             let call = Call {
                 local_tag,
                 peer: peer.clone(),
@@ -1063,14 +1092,14 @@ impl Ua {
                 id,
                 ..
             } if call.early() && id == bridge::START_REQUEST => {
-                // `startCall` refused (not a communication user id, too many calls...).
+                // `startCall` or `join` refused (not a communication user id, too many calls...).
                 let code = error
                     .as_ref()
                     .and_then(|e| e.get("code"))
                     .and_then(|c| c.as_str())
                     .unwrap_or("");
                 let status = match code {
-                    "BadTarget" | "SelfCall" => (404, "Not Found"),
+                    "BadTarget" | "SelfCall" | "BadGroupId" => (404, "Not Found"),
                     "TooManyCalls" => (486, "Busy Here"),
                     _ => (480, "Temporarily Unavailable"),
                 };
