@@ -1,7 +1,8 @@
 //! The SIP gateway's per-message and per-leg costs: parsing a carrier INVITE with its SDP
 //! (`switchboard::proto::sip::message::parse`), and transcoding one bridged call leg for 20 ms of
-//! audio in both directions (`switchboard::sip::transcode`: G.711 -> 8 -> 48 kHz -> Opus towards
-//! the room, Opus -> 48 -> 8 kHz -> G.711 towards the phone). Reports time per message and per
+//! audio in both directions (`switchboard::sip::transcode`: G.711 -> Opus towards the room, a
+//! browser's 48 kHz Opus -> 8 kHz -> G.711 towards the phone), on sipp's recorded speech when
+//! sip-tester is installed (else a tone, much cheaper to encode). Reports time per message and per
 //! 20 ms leg-frame; a leg needs 50 such frames a second, so legs per core = 1 s / (50 x time).
 //!
 //! ```text
@@ -60,7 +61,7 @@ fn bench_parse(c: &mut Criterion) {
 }
 
 /// 20 ms of a 440 Hz tone at -12 dBFS as PCMA, 8 kHz.
-fn pcma_frame(n: usize) -> Vec<u8> {
+fn pcma_tone_frame(n: usize) -> Vec<u8> {
     (0..FRAME_8K)
         .map(|i| {
             let t = (n * FRAME_8K + i) as f32 / 8000.0;
@@ -70,31 +71,90 @@ fn pcma_frame(n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// sipp's recorded speech (`/usr/share/sip-tester/g711a.pcap` from Debian's sip-tester: 236 PCMA packets of
+/// 160 bytes, 4.72 s), when installed: speech costs the Opus encoder several times what a tone does. Each pcap
+/// record ends with the RTP payload, so the last 160 bytes of each 214-byte Ethernet/IPv4/UDP/RTP frame are it.
+fn pcma_speech() -> Option<Vec<Vec<u8>>> {
+    let pcap = std::fs::read("/usr/share/sip-tester/g711a.pcap").ok()?;
+    let mut frames = Vec::new();
+    let mut at = 24; // global header
+    while at + 16 <= pcap.len() {
+        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().ok()?) as usize;
+        let record = pcap.get(at + 16..at + 16 + len)?;
+        if len >= 42 + 12 + FRAME_8K {
+            frames.push(record[len - FRAME_8K..].to_vec());
+        }
+        at += 16 + len;
+    }
+    (frames.len() > 100).then_some(frames)
+}
+
 fn bench_transcode(c: &mut Criterion) {
     // Bench setup: libopus and the resampler accept these fixed settings.
     let mut up = Uplink::new(G711::Pcma).expect("uplink");
     let mut down = Downlink::new().expect("downlink");
-    let frames: Vec<Vec<u8>> = (0..50).map(pcma_frame).collect();
-    // Opus packets of the same audio, as the room would send them.
+    let (frames, input) = match pcma_speech() {
+        Some(f) => (f, "speech"),
+        None => ((0..50).map(pcma_tone_frame).collect(), "tone"),
+    };
+    println!(
+        "transcode input: {input} ({} frames of 20 ms)",
+        frames.len()
+    );
+    // Opus packets of the same audio as a browser sends them: 48 kHz, 32 kbit/s (Chromium's default), so
+    // the decoder works on a wideband stream, not on the narrowband one our own uplink makes.
+    let mut browser = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+        .expect("48 kHz encoder");
+    browser
+        .set_bitrate(opus::Bitrate::Bits(32_000))
+        .expect("bitrate");
     let mut opus: Vec<Vec<u8>> = Vec::new();
-    for f in frames.iter().cycle().take(200) {
-        opus.extend(up.push_g711(f).expect("encode").into_iter().map(|(p, _)| p));
+    let mut packet = vec![0u8; 1500];
+    for f in frames.iter().take(200) {
+        // 8 kHz -> 48 kHz by holding each sample six times: crude, but it gives the encoder a full-band signal.
+        let pcm: Vec<i16> = f
+            .iter()
+            .flat_map(|b| std::iter::repeat_n(switchboard::proto::sip::g711::alaw_decode(*b), 6))
+            .collect();
+        let n = browser.encode(&pcm, &mut packet).expect("encode");
+        opus.push(packet[..n].to_vec());
     }
     assert!(!opus.is_empty(), "the uplink produced Opus packets");
     let mut i = 0usize;
-    c.bench_function("transcode/leg_20ms_both_directions", |b| {
+    c.bench_function(&format!("transcode/uplink_20ms/{input}"), |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            let out = up
-                .push_g711(black_box(&frames[i % frames.len()]))
-                .expect("encode");
+            black_box(
+                up.push_g711(black_box(&frames[i % frames.len()]))
+                    .expect("encode"),
+            )
+        })
+    });
+    c.bench_function(&format!("transcode/downlink_20ms/{input}"), |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
             let pcm = down
                 .push_opus(black_box(&opus[i % opus.len()]))
                 .expect("decode");
-            let g711 = mix_to_g711(G711::Pcma, &pcm);
-            black_box((out, g711))
+            black_box(mix_to_g711(G711::Pcma, &pcm))
         })
     });
+    c.bench_function(
+        &format!("transcode/leg_20ms_both_directions/{input}"),
+        |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let out = up
+                    .push_g711(black_box(&frames[i % frames.len()]))
+                    .expect("encode");
+                let pcm = down
+                    .push_opus(black_box(&opus[i % opus.len()]))
+                    .expect("decode");
+                let g711 = mix_to_g711(G711::Pcma, &pcm);
+                black_box((out, g711))
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench_parse, bench_transcode);

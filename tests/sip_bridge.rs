@@ -453,7 +453,9 @@ async fn a_group_route_joins_the_group_call_and_its_phones_hear_each_other() {
     });
     let (packets, loud) = loudest_pcma_packet(&b.rtp, Duration::from_millis(2500)).await;
     let a = sender.await.unwrap();
-    println!("B before the tone: loudest RMS {quiet:.0}; during it: {packets} packets, loudest RMS {loud:.0}");
+    println!(
+        "B before the tone: loudest RMS {quiet:.0}; during it: {packets} packets, loudest RMS {loud:.0}"
+    );
     assert!(packets > 50, "B gets RTP from the group: {packets} packets");
     assert!(
         loud > 2000.0,

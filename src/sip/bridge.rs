@@ -8,9 +8,9 @@
 //! and unregisters, so a SIP dialog that ends in any way leaves nothing in the hub.
 //!
 //! Media: the leg is a media agent in the call's SFU room ([`AgentMedia`], DESIGN §5). RTP from the
-//! phone goes through the jitter buffer, G.711 decoding, 8 -> 48 kHz resampling and Opus encoding,
-//! and is published into the room; the Opus frames other members publish are decoded, resampled to
-//! 8 kHz, mixed every 20 ms and sent to the phone as G.711 (`transcode.rs`).
+//! phone goes through the jitter buffer, G.711 decoding and Opus encoding (libopus at 8 kHz), and is
+//! published into the room; the Opus frames other members publish are decoded to 8 kHz, mixed every
+//! 20 ms and sent to the phone as G.711 (`transcode.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -450,6 +450,8 @@ impl Bridge {
                 );
                 self.opus_ts += transcode::FRAME_48K as u64;
                 self.published += 1;
+                metrics::counter!("switchboard_sip_opus_frames_total", "direction" => "encoded")
+                    .increment(1);
             }
         }
     }
@@ -468,6 +470,8 @@ impl Bridge {
         };
         match down.push_opus(&a.data) {
             Ok(frames) => {
+                metrics::counter!("switchboard_sip_opus_frames_total", "direction" => "decoded")
+                    .increment(1);
                 for f in frames {
                     if queue.len() >= MIX_QUEUE {
                         queue.pop_front();

@@ -1,101 +1,37 @@
 //! Audio conversion between a SIP leg and the SFU (issue 5, media bridge): G.711 at 8 kHz on the
-//! phone side, Opus at 48 kHz in the room. Pure computation (no IO, no clock): resampling with
-//! rubato's FFT resampler, Opus (RFC 6716) with libopus through the `opus` crate, mono 20 ms frames.
+//! phone side, Opus (RFC 6716; RTP clock 48 kHz, RFC 7587) in the room. Pure computation (no IO, no
+//! clock): libopus through the `opus` crate, mono 20 ms frames.
+//!
+//! libopus runs at an API sample rate of 8 kHz both ways, so it does the 8 <-> 48 kHz conversion
+//! itself: the encoder codes the narrowband signal G.711 carries (SILK narrowband: nothing above
+//! 4 kHz exists to code) and the decoder renders any Opus stream straight to 8 kHz (SILK's own
+//! resampler, CELT's decimating synthesis). A separate resampler (rubato's FFT one at first) cost
+//! more CPU than the codec's path and added a block of delay; `benches/sip.rs` and
+//! `loadtest/sip-transcode.sh` measure the difference (docs/performance.md).
 
 use std::collections::VecDeque;
-
-use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Fft, FixedSync, Resampler as _};
 
 use crate::proto::sip::g711;
 use crate::proto::sip::sdp::G711;
 
 /// Samples in 20 ms at 8 kHz (one G.711 packet at ptime 20).
 pub const FRAME_8K: usize = 160;
-/// Samples in 20 ms at 48 kHz (one Opus frame).
+/// RTP timestamp units in 20 ms of Opus (its RTP clock is always 48 kHz, RFC 7587 §4.1).
 pub const FRAME_48K: usize = 960;
-/// Longest Opus frame (120 ms at 48 kHz, RFC 6716 §2.1.4), the decode buffer size.
-const MAX_OPUS_FRAME: usize = 5760;
+/// Longest Opus frame (120 ms) at 8 kHz, the decode buffer size (RFC 6716 §2.1.4).
+const MAX_OPUS_FRAME_8K: usize = 960;
+/// libopus's API sample rate both ways.
+const API_RATE: u32 = 8_000;
+/// Encoder bitrate (bit/s): SILK narrowband is transparent for G.711 sources well below it.
+const UPLINK_BITRATE: i32 = 24_000;
+const UPLINK_COMPLEXITY: i32 = 5;
 
-/// Why a codec or resampler could not be built or used.
+/// Why a codec could not be built or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
     /// libopus refused.
     #[error("opus: {0}")]
     Opus(#[from] opus::Error),
-    /// The resampler could not be built or failed.
-    #[error("resampler: {0}")]
-    Resampler(String),
-}
-
-/// A fixed-ratio resampler over a FIFO: push any number of samples, pop frames of any size once
-/// enough are there. Delay: one FFT block (a few ms).
-pub struct Resampler {
-    inner: Fft<f32>,
-    input: Vec<f32>,
-    output: VecDeque<f32>,
-    scratch: Vec<f32>,
-}
-
-impl std::fmt::Debug for Resampler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resampler")
-            .field("queued_in", &self.input.len())
-            .field("queued_out", &self.output.len())
-            .finish()
-    }
-}
-
-impl Resampler {
-    /// Mono, `from` Hz to `to` Hz, processing `chunk` input samples at a time.
-    ///
-    /// # Errors
-    /// [`TranscodeError::Resampler`] for rates rubato refuses.
-    pub fn new(from: usize, to: usize, chunk: usize) -> Result<Resampler, TranscodeError> {
-        let inner = Fft::<f32>::new(from, to, chunk, 1, FixedSync::Input)
-            .map_err(|e| TranscodeError::Resampler(e.to_string()))?;
-        Ok(Resampler {
-            inner,
-            input: Vec::new(),
-            output: VecDeque::new(),
-            scratch: Vec::new(),
-        })
-    }
-
-    /// Queues samples and converts every full input chunk.
-    ///
-    /// # Errors
-    /// [`TranscodeError::Resampler`] if rubato fails (it does not for well-sized buffers).
-    pub fn push(&mut self, samples: &[f32]) -> Result<(), TranscodeError> {
-        self.input.extend_from_slice(samples);
-        loop {
-            let need = self.inner.input_frames_next();
-            if self.input.len() < need {
-                return Ok(());
-            }
-            let out_len = self.inner.output_frames_max();
-            self.scratch.resize(out_len, 0.0);
-            let input = InterleavedSlice::new(&self.input[..need], 1, need)
-                .map_err(|e| TranscodeError::Resampler(e.to_string()))?;
-            let mut output = InterleavedSlice::new_mut(&mut self.scratch[..], 1, out_len)
-                .map_err(|e| TranscodeError::Resampler(e.to_string()))?;
-            let (read, written) = self
-                .inner
-                .process_into_buffer(&input, &mut output, None)
-                .map_err(|e| TranscodeError::Resampler(e.to_string()))?;
-            self.input.drain(..read.min(self.input.len()));
-            self.output
-                .extend(self.scratch.iter().take(written).copied());
-            if read == 0 {
-                return Ok(());
-            }
-        }
-    }
-
-    /// The next `n` converted samples, once that many are ready.
-    pub fn pop(&mut self, n: usize) -> Option<Vec<f32>> {
-        (self.output.len() >= n).then(|| self.output.drain(..n).collect())
-    }
 }
 
 fn to_f32(s: i16) -> f32 {
@@ -119,10 +55,11 @@ pub fn audio_level(samples: &[f32]) -> u8 {
     (-dbov).round().clamp(0.0, 127.0) as u8
 }
 
-/// Phone -> room: G.711 payloads in, 20 ms Opus frames (48 kHz mono) out.
+/// Phone -> room: G.711 payloads in, 20 ms Opus frames out.
 pub struct Uplink {
     codec: G711,
-    resampler: Resampler,
+    /// 8 kHz samples waiting for a full 20 ms frame (G.711 packets need not be 20 ms).
+    pending: Vec<i16>,
     encoder: opus::Encoder,
     out: Vec<u8>,
 }
@@ -136,17 +73,18 @@ impl std::fmt::Debug for Uplink {
 }
 
 impl Uplink {
-    /// For a leg that negotiated `codec`.
+    /// For a leg that negotiated `codec`: a VoIP-mode Opus encoder at 8 kHz, 24 kbit/s.
     ///
     /// # Errors
-    /// libopus or the resampler refusing the settings.
+    /// libopus refusing the settings.
     pub fn new(codec: G711) -> Result<Uplink, TranscodeError> {
         let mut encoder =
-            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)?;
-        encoder.set_bitrate(opus::Bitrate::Bits(32_000))?;
+            opus::Encoder::new(API_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+        encoder.set_bitrate(opus::Bitrate::Bits(UPLINK_BITRATE))?;
+        encoder.set_complexity(UPLINK_COMPLEXITY)?;
         Ok(Uplink {
             codec,
-            resampler: Resampler::new(8_000, 48_000, FRAME_8K)?,
+            pending: Vec::with_capacity(2 * FRAME_8K),
             encoder,
             out: vec![0; 1500],
         })
@@ -156,25 +94,23 @@ impl Uplink {
     /// level (RFC 6464).
     ///
     /// # Errors
-    /// The resampler or libopus failing.
+    /// libopus failing.
     pub fn push_g711(&mut self, payload: &[u8]) -> Result<Vec<(Vec<u8>, u8)>, TranscodeError> {
-        let samples: Vec<f32> = payload
-            .iter()
-            .map(|b| {
-                to_f32(match self.codec {
-                    G711::Pcmu => g711::ulaw_decode(*b),
-                    G711::Pcma => g711::alaw_decode(*b),
-                })
-            })
-            .collect();
-        self.resampler.push(&samples)?;
+        self.pending
+            .extend(payload.iter().map(|b| match self.codec {
+                G711::Pcmu => g711::ulaw_decode(*b),
+                G711::Pcma => g711::alaw_decode(*b),
+            }));
         let mut frames = Vec::new();
-        while let Some(frame) = self.resampler.pop(FRAME_48K) {
-            let level = audio_level(&frame);
-            let pcm: Vec<i16> = frame.iter().map(|s| to_i16(*s)).collect();
-            let n = self.encoder.encode(&pcm, &mut self.out)?;
+        let mut start = 0;
+        while self.pending.len() - start >= FRAME_8K {
+            let pcm = &self.pending[start..start + FRAME_8K];
+            let level = audio_level(&pcm.iter().map(|s| to_f32(*s)).collect::<Vec<_>>());
+            let n = self.encoder.encode(pcm, &mut self.out)?;
             frames.push((self.out[..n].to_vec(), level));
+            start += FRAME_8K;
         }
+        self.pending.drain(..start);
         Ok(frames)
     }
 }
@@ -182,8 +118,9 @@ impl Uplink {
 /// Room -> phone, one per remote publisher: Opus frames in, 8 kHz frames of 20 ms out.
 pub struct Downlink {
     decoder: opus::Decoder,
-    resampler: Resampler,
     pcm: Vec<i16>,
+    /// Decoded 8 kHz samples not yet handed out as a full frame (10 ms Opus packets, say).
+    pending: VecDeque<f32>,
 }
 
 impl std::fmt::Debug for Downlink {
@@ -193,32 +130,29 @@ impl std::fmt::Debug for Downlink {
 }
 
 impl Downlink {
-    /// A decoder at 48 kHz mono (libopus downmixes stereo streams).
+    /// A decoder rendering mono at 8 kHz (libopus downmixes stereo streams and converts the rate).
     ///
     /// # Errors
-    /// libopus or the resampler refusing the settings.
+    /// libopus refusing the settings.
     pub fn new() -> Result<Downlink, TranscodeError> {
         Ok(Downlink {
-            decoder: opus::Decoder::new(48_000, opus::Channels::Mono)?,
-            resampler: Resampler::new(48_000, 8_000, FRAME_48K)?,
-            pcm: vec![0; MAX_OPUS_FRAME],
+            decoder: opus::Decoder::new(API_RATE, opus::Channels::Mono)?,
+            pcm: vec![0; MAX_OPUS_FRAME_8K],
+            pending: VecDeque::with_capacity(2 * FRAME_8K),
         })
     }
 
     /// Decodes one Opus packet and returns the 8 kHz frames of [`FRAME_8K`] samples now complete.
     ///
     /// # Errors
-    /// A packet libopus cannot decode (the caller drops it), or the resampler failing.
+    /// A packet libopus cannot decode (the caller drops it).
     pub fn push_opus(&mut self, packet: &[u8]) -> Result<Vec<Vec<f32>>, TranscodeError> {
         let n = self.decoder.decode(packet, &mut self.pcm, false)?;
-        let samples: Vec<f32> = self.pcm[..n.min(self.pcm.len())]
-            .iter()
-            .map(|s| to_f32(*s))
-            .collect();
-        self.resampler.push(&samples)?;
+        self.pending
+            .extend(self.pcm[..n.min(self.pcm.len())].iter().map(|s| to_f32(*s)));
         let mut frames = Vec::new();
-        while let Some(f) = self.resampler.pop(FRAME_8K) {
-            frames.push(f);
+        while self.pending.len() >= FRAME_8K {
+            frames.push(self.pending.drain(..FRAME_8K).collect());
         }
         Ok(frames)
     }
@@ -268,7 +202,7 @@ mod tests {
                 out.extend(down.push_opus(&opus).unwrap());
             }
         }
-        // 1 s in: about 50 frames out (less the resamplers' and codec's delay).
+        // 1 s in: about 50 frames out (less the codec's delay).
         assert!(out.len() >= 40, "{} frames", out.len());
         let tail: Vec<f32> = out[out.len() - 10..].concat();
         let level = audio_level(&tail);
