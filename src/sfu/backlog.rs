@@ -187,7 +187,7 @@ mod tests {
         );
         // However long the keyframe takes: only it resumes the m-line.
         assert_eq!(
-            b.admit(t0 + 433 * MS, 0 * MS, true, true),
+            b.admit(t0 + 433 * MS, Duration::ZERO, true, true),
             (Admit::Keyframe, false)
         );
         b.on_keyframe_written(t0 + 500 * MS, 100 * MS);
@@ -244,7 +244,7 @@ mod tests {
         // Resends str0m clears at once (its RTX ratio cap).
         assert_eq!(b.admit(t0, 700 * MS, true, true), (Admit::Write, false));
         assert_eq!(
-            b.admit(t0 + 4 * MS, 0 * MS, true, true),
+            b.admit(t0 + 4 * MS, Duration::ZERO, true, true),
             (Admit::Write, false)
         );
         assert_eq!(
