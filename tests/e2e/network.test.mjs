@@ -209,7 +209,9 @@ async function aliceFlow() {
 // 2-core machine (load 3–6, four beside a looping cargo check/clippy): 12–25 frames/s under the cap, back on the top
 // layer 3.4–7.3 s after the lift (the slow part: receiver reports with loss for 1–3 s after the lift hold probing,
 // then str0m's smoothed estimate climbs for 2–4 s). One run under load failed "Bob unaffected": Bob, switched up
-// right before the cap on an estimate still low from the call's start, was taken for congested by his pacer queue.
+// right before the cap on an estimate still low from the call's start, was taken for congested by his pacer queue;
+// another (full file) failed it by timing: Alice was down and decoding within 2.6 s, too short a window for Bob's
+// +60 frames at the 21 frames/s the loaded publisher sent.
 // Until both have a CI-safe margin this stays `todo` (it still runs and prints timings).
 test("bandwidth: a subscriber limited to 300 kbit/s gets the lowest layer, and climbs back when the limit is lifted", { timeout: 240000, todo: "climb-back 3.4–7.3 s (no CI-safe margin yet); the control subscriber once pulled down by a start-up queue-delay false positive" }, async () => {
   await ensureCall();
