@@ -797,7 +797,7 @@ impl Sfu {
                 continue;
             }
             let mut side = ForwardSide::default();
-            let outcome = sub.forward(track, data, &layers, &mut side);
+            let outcome = sub.forward(now, track, data, &layers, &mut side);
             if side.switched {
                 self.out.stats.layer_switches += 1;
             }

@@ -30,6 +30,7 @@
 //! ([`SfuEvent::Speaking`], [`SfuEvent::DominantSpeakers`]).
 
 mod agent;
+mod backlog;
 mod candidate;
 mod downlink;
 mod engine;

@@ -14,6 +14,7 @@ use str0m::media::{
 use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
 use tracing::{debug, info, warn};
 
+use super::backlog::{Admit, Backlog, pacing_time};
 use super::downlink::Downlink;
 use super::engine::IDLE_TIMEOUT;
 use super::simulcast::{LayerView, TrackLayers, select};
@@ -152,6 +153,9 @@ struct Subscription {
     /// The m-line was a [`Spare`]: its first frame continues the timeline of the last one written
     /// on it (`last_out`), so the receiver sees no jump in RTP time.
     rebase: bool,
+    /// Whether video frames go to str0m's pacer queue now (simulcast m-lines of a constrained
+    /// downlink stop while the queue is backed up).
+    backlog: Backlog,
 }
 
 impl Subscription {
@@ -163,7 +167,8 @@ impl Subscription {
 /// What forwarding a frame to a subscriber asked of the engine besides the write.
 #[derive(Debug, Default)]
 pub(crate) struct ForwardSide {
-    /// A keyframe of this layer is needed (the subscriber waits to switch to it).
+    /// A keyframe of this layer is needed (the subscriber waits to switch to it, or to resume
+    /// after its pacer queue drained).
     pub(crate) keyframe_for: Option<Rid>,
     /// The subscriber m-line switched layer at this frame.
     pub(crate) switched: bool,
@@ -515,6 +520,7 @@ impl Participant {
                     time_offset: 0,
                     last_out: None,
                     rebase: false,
+                    backlog: Backlog::default(),
                 });
             }
         }
@@ -683,10 +689,14 @@ impl Participant {
     /// Writes a frame of publisher track `track` to the m-line open for it, if any. For a
     /// simulcast frame (`data.rid` set) `layers` are the track's live layers, lowest first: only
     /// frames of the m-line's current layer are written, and it switches to the layer
-    /// [`select`]ed for it at that layer's next keyframe. The caller must drain before the next
-    /// write (str0m's `WriteWithoutPoll`).
+    /// [`select`]ed for it at that layer's next keyframe. While the downlink is constrained, the
+    /// m-line still carries a larger layer than the one selected and str0m's pacer queue is
+    /// backed up ([`Backlog`]), no frame is written; the m-line resumes at a keyframe of the
+    /// layer selected once the queue drained. The caller must drain before
+    /// the next write (str0m's `WriteWithoutPoll`).
     pub(crate) fn forward(
         &mut self,
+        now: Instant,
         track: TrackRef,
         data: &MediaData,
         layers: &[LayerView],
@@ -697,6 +707,13 @@ impl Participant {
             .iter()
             .position(|s| s.track == track && matches!(s.state, OutState::Open(_)))?;
         let budget = self.video_budget();
+        let constrained = self.downlink.is_constrained();
+        let estimate = self.downlink.estimate();
+        let queued = if data.rid.is_some() {
+            pacing_time(self.queued_video_bytes(), estimate)
+        } else {
+            Duration::ZERO
+        };
         // Indexing cannot fail: `index` was just found.
         let sub = &mut self.subscriptions[index];
         let OutState::Open(mid) = sub.state else {
@@ -709,6 +726,21 @@ impl Participant {
         }
         if let Some(rid) = data.rid {
             sub.target = select(layers, sub.preferred, budget, sub.current);
+            let rank = |r: Option<Rid>| r.and_then(|r| layers.iter().position(|l| l.rid == r));
+            let oversized = rank(sub.current) > rank(sub.target);
+            let (admit, changed) = sub.backlog.admit(now, queued, constrained, oversized);
+            if changed {
+                debug!(participant = %self.id, %mid, ?admit, queued_ms = queued.as_millis() as u64,
+                    estimate, target = ?sub.target, "downlink backlog");
+            }
+            match admit {
+                Admit::Drop => return Some(WriteOutcome::Skipped),
+                Admit::Keyframe if sub.target != Some(rid) || !data.is_keyframe() => {
+                    side.keyframe_for = sub.target;
+                    return Some(WriteOutcome::Skipped);
+                }
+                Admit::Keyframe | Admit::Write => {}
+            }
             if sub.current != sub.target && sub.target == Some(rid) {
                 if data.is_keyframe() {
                     debug!(participant = %self.id, %mid, from = ?sub.current, to = %rid,
@@ -725,6 +757,10 @@ impl Participant {
             }
             if sub.current != Some(rid) {
                 return Some(WriteOutcome::Skipped);
+            }
+            if data.is_keyframe() {
+                sub.backlog
+                    .on_keyframe_written(now, pacing_time(data.data.len(), estimate));
             }
         } else if sub.rebase {
             // A reused m-line: the new track continues the timeline of the one it carried.
@@ -749,6 +785,24 @@ impl Participant {
             }
             Err(WriteError::Other(reason)) => WriteOutcome::Dropped(reason),
         })
+    }
+
+    /// Bytes str0m's pacer holds for the open video m-lines (media, resends and padding of the
+    /// latest pacer update).
+    fn queued_video_bytes(&mut self) -> usize {
+        let mids: Vec<Mid> = self
+            .subscriptions
+            .iter()
+            .filter(|s| s.kind.is_video())
+            .filter_map(|s| match s.state {
+                OutState::Open(mid) => Some(mid),
+                _ => None,
+            })
+            .collect();
+        let mut api = self.rtc.direct_api();
+        mids.into_iter()
+            .filter_map(|mid| Some(api.stream_tx_by_mid(mid, None)?.queue_info()?.byte_size()))
+            .sum()
     }
 
     /// The downlink estimate shared equally by the rendered video m-lines, bit/s; `None` (no cap)
@@ -877,7 +931,8 @@ impl Participant {
         self.layers.contains_key(&mid)
     }
 
-    /// The subscribed video tracks with the preferred size and current layer of each m-line, for
+    /// The subscribed video tracks with the preferred size and current layer of each m-line
+    /// (`None` while frames are held back from a backed-up pacer queue: it sends nothing), for
     /// the engine's bandwidth targets.
     pub(crate) fn video_subscriptions(
         &self,
@@ -885,7 +940,13 @@ impl Participant {
         self.subscriptions
             .iter()
             .filter(|s| s.kind.is_video() && s.rendered() && matches!(s.state, OutState::Open(_)))
-            .map(|s| (s.track, s.preferred, s.current))
+            .map(|s| {
+                (
+                    s.track,
+                    s.preferred,
+                    s.current.filter(|_| s.backlog.is_flowing()),
+                )
+            })
     }
 
     /// Tells str0m's bandwidth estimator the video rate sent now (`current`), the rate of the

@@ -199,14 +199,21 @@ async function aliceFlow() {
   return { sport, dport: c.local.port };
 }
 
-// How the SFU gets there is in sfu::downlink (docs/protocol.md, setPreferredVideoSize): congestion is an estimate
-// falling below the rate sent or the pacer queue backing up; probes every second after a 2 s hold unless receiver
-// reports show loss; restarts of an estimator below the rate sent or not lifted by probes. Measured on the 2-core
-// machine beside two cargo builds (load 4-10): back on the top layer 4.5–9.0 s after the lift. Under the cap, before
-// the pacer-queue signal, 2.8–20 frames/s were decoded and two runs in eight got fewer than 20 frames in 8 s (the
-// larger layer's frames queued in str0m's pacer drained into the narrow link for 3–5 s at 40–70 % loss); with it,
-// 11–22 frames/s. Without a CI-safe margin on the climb-back this stays `todo` (it still runs and prints timings).
-test("bandwidth: a subscriber limited to 300 kbit/s gets the lowest layer, and climbs back when the limit is lifted", { timeout: 240000, todo: "climb-back 4.5–9.0 s and decoding under the cap not robust on a shared 2-core machine" }, async () => {
+// How the SFU gets there is in sfu::downlink and sfu::backlog (docs/protocol.md, setPreferredVideoSize): congestion
+// is an estimate falling below the rate sent or the pacer queue backing up; probes every second after a 2 s hold
+// unless receiver reports show loss; restarts of an estimator below the rate sent or not lifted by probes (2, then 4 s
+// apart at most); while a switch down is pending and str0m's pacer queue holds more than 300 ms of video, the
+// subscriber's frames are dropped at the SFU, and it resumes at a keyframe of the lower layer once the queue drained.
+// Before that gate, 2.7–20 frames/s were decoded under the cap (the larger layer's frames queued in str0m's pacer
+// drained into the narrow link for 3–5 s at 40–70 % loss) and climb-back took 3.7–9.1 s. With it, twelve runs on the
+// 2-core machine (load 3–6, four beside a looping cargo check/clippy): 12–25 frames/s under the cap, back on the top
+// layer 3.4–7.3 s after the lift (the slow part: receiver reports with loss for 1–3 s after the lift hold probing,
+// then str0m's smoothed estimate climbs for 2–4 s). One run under load failed "Bob unaffected": Bob, switched up
+// right before the cap on an estimate still low from the call's start, was taken for congested by his pacer queue;
+// another (full file) failed it by timing: Alice was down and decoding within 2.6 s, too short a window for Bob's
+// +60 frames at the 21 frames/s the loaded publisher sent.
+// Until both have a CI-safe margin this stays `todo` (it still runs and prints timings).
+test("bandwidth: a subscriber limited to 300 kbit/s gets the lowest layer, and climbs back when the limit is lifted", { timeout: 240000, todo: "climb-back 3.4–7.3 s (no CI-safe margin yet); the control subscriber once pulled down by a start-up queue-delay false positive" }, async () => {
   await ensureCall();
   const [pub, alice, bob] = people;
   const flow = await aliceFlow();
