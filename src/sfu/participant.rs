@@ -790,17 +790,15 @@ impl Participant {
     /// Bytes str0m's pacer holds for the open video m-lines (media, resends and padding of the
     /// latest pacer update).
     fn queued_video_bytes(&mut self) -> usize {
-        let mids: Vec<Mid> = self
-            .subscriptions
+        // Disjoint field borrows: no list of mids is built per frame.
+        let mut api = self.rtc.direct_api();
+        self.subscriptions
             .iter()
             .filter(|s| s.kind.is_video())
             .filter_map(|s| match s.state {
                 OutState::Open(mid) => Some(mid),
                 _ => None,
             })
-            .collect();
-        let mut api = self.rtc.direct_api();
-        mids.into_iter()
             .filter_map(|mid| Some(api.stream_tx_by_mid(mid, None)?.queue_info()?.byte_size()))
             .sum()
     }

@@ -211,7 +211,7 @@ async function aliceFlow() {
 // then str0m's smoothed estimate climbs for 2–4 s). One run under load failed "Bob unaffected": Bob, switched up
 // right before the cap on an estimate still low from the call's start, was taken for congested by his pacer queue;
 // another (full file) failed it by timing: Alice was down and decoding within 2.6 s, too short a window for Bob's
-// +60 frames at the 21 frames/s the loaded publisher sent.
+// +60 frames at the 21 frames/s the loaded publisher sent (the test now waits up to 8 s for Bob's 60 frames).
 // Until both have a CI-safe margin this stays `todo` (it still runs and prints timings).
 test("bandwidth: a subscriber limited to 300 kbit/s gets the lowest layer, and climbs back when the limit is lifted", { timeout: 240000, todo: "climb-back 3.4–7.3 s (no CI-safe margin yet); the control subscriber once pulled down by a start-up queue-delay false positive" }, async () => {
   await ensureCall();
@@ -244,8 +244,14 @@ test("bandwidth: a subscriber limited to 300 kbit/s gets the lowest layer, and c
     const counters = cap.counters();
     console.log("tc counters:", JSON.stringify(counters));
     assert.ok(counters.packets > 100, `the tc filter matched Alice's flow: ${JSON.stringify(counters)}`);
-    const bob1 = await camera(bob.browser.page, pub.id);
-    assert.ok(bob1.frameWidth >= 640 && bob1.framesDecoded > bob0.framesDecoded + 60, `Bob unaffected: ${JSON.stringify({ bob0, bob1 })}`);
+    // Bob's 60 frames are waited for (up to 8 s, the cap still on) rather than sampled now: when Alice is down and
+    // decoding quickly, the window since bob0 can be shorter than 60 frames of a loaded publisher.
+    const bob1 = await pollUntil(
+      () => camera(bob.browser.page, pub.id),
+      (c) => c.framesDecoded > bob0.framesDecoded + 60,
+      { timeoutMs: 8000, intervalMs: 250, what: "Bob decoding 60 more frames while Alice is capped" },
+    );
+    assert.ok(bob1.frameWidth >= 640, `Bob unaffected: ${JSON.stringify({ bob0, bob1 })}`);
   } finally {
     uninstall(cap);
   }
