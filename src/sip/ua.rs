@@ -4,6 +4,8 @@
 //! retransmitted on UDP until ACK (§13.3.1.4, §17.2.1, timers G/H), final responses of non-INVITE requests
 //! replayed for retransmissions (§17.2.2, timer J), CANCEL (§9.2, including the CANCEL/200 race), BYE, re-INVITE
 //! hold/resume (RFC 3264 §8.4), INFO DTMF (RFC 6086 with `application/dtmf-relay`), OPTIONS (§11.2),
+//! session timers (RFC 4028: 422 for short intervals, refreshes answered by re-INVITE or UPDATE, our
+//! own refreshes by UPDATE or re-INVITE at half the interval, BYE when the session expires),
 //! 481 for unknown dialogs, 501 for methods we do not implement, 400 for malformed requests.
 
 use std::collections::HashMap;
@@ -26,6 +28,7 @@ use crate::proto::sip::keepalive::{Health, KeepAlive};
 use crate::proto::sip::message::{self, Message, ReplyBase, StartLine};
 use crate::proto::sip::route::{Decision, RouteTarget, Router};
 use crate::proto::sip::sdp::{self, Negotiated, SessionDescription};
+use crate::proto::sip::timer::{self, SessionTimer, UasDecision};
 use crate::service::calls::{DialRequest, HubCommand, Outbound};
 
 /// RFC 3261 T1: RTT estimate, first retransmission interval.
@@ -33,7 +36,9 @@ pub const T1: Duration = Duration::from_millis(500);
 /// RFC 3261 T2: longest retransmission interval.
 pub const T2: Duration = Duration::from_secs(4);
 /// Methods this UA implements (the `Allow` header).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+/// Extensions this UA supports (the `Supported` header): session timers (RFC 4028).
+pub const SUPPORTED: &str = "timer";
 const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
 
 /// Settings of the UA.
@@ -117,6 +122,25 @@ struct Call {
     remote_target: String,
     /// Our CSeq for requests we send in the dialog.
     local_cseq: u32,
+    /// The session timer (RFC 4028), when the INVITE asked for one.
+    timer: Option<SessionTimer>,
+    /// Whether the caller's INVITE listed UPDATE in `Allow` (our refreshes use it, else re-INVITE).
+    peer_allows_update: bool,
+    /// Our session refresh in flight.
+    refresh: Option<PendingRefresh>,
+    /// The ACK of our last refreshing re-INVITE's 2xx (CSeq, bytes), repeated for its retransmissions.
+    refresh_ack: Option<(u32, Vec<u8>)>,
+}
+
+/// A session refresh request we sent (RFC 4028 §10), retransmitted over UDP until a response.
+struct PendingRefresh {
+    method: &'static str,
+    cseq: u32,
+    branch: String,
+    /// Retransmissions (UDP) and the transaction timeout (64*T1, both transports).
+    retransmit: Retransmit,
+    /// No more retransmissions after a provisional response (INVITE).
+    provisional: bool,
 }
 
 impl Call {
@@ -277,6 +301,27 @@ impl Ua {
                     self.on_out_response(&msg, *code, &call_id, cseq).await;
                     return;
                 }
+                if let Ok((cseq, m)) = msg.cseq()
+                    && let Some(p) = self.calls.get(call_id).and_then(|c| c.refresh.as_ref())
+                    && p.cseq == cseq
+                    && p.method == m
+                {
+                    let call_id = call_id.to_string();
+                    self.on_refresh_response(&msg, *code, &call_id).await;
+                    return;
+                }
+                if let Ok((cseq, m)) = msg.cseq()
+                    && m == "INVITE"
+                    && (200..300).contains(code)
+                    && let Some((peer_, ack)) = self.calls.get(call_id).and_then(|c| {
+                        let (n, ack) = c.refresh_ack.as_ref()?;
+                        (*n == cseq).then(|| (c.peer.clone(), ack.clone()))
+                    })
+                {
+                    // A retransmitted 2xx of our refreshing re-INVITE: the same ACK again (§13.2.2.4).
+                    self.send(&peer_, &ack).await;
+                    return;
+                }
                 if *code >= 200 && self.byes.remove(call_id).is_some() {
                     tracing::debug!(call_id, code, "BYE answered");
                     return;
@@ -344,6 +389,7 @@ impl Ua {
                 self.in_dialog(&msg, base, peer, &method, &call_id, cseq)
                     .await
             }
+            "UPDATE" => self.update(&msg, base, peer, &call_id, cseq).await,
             "OPTIONS" => {
                 let extra = [
                     ("Allow", ALLOW.to_string()),
@@ -490,6 +536,29 @@ impl Ua {
                 answer_after_ms,
             } => (trunk, target, answer_after_ms),
         };
+        let timer = match session_timer(&msg) {
+            UasDecision::TooSmall { min_se } => {
+                tracing::info!(call_id = %call_id, min_se, "Session-Expires below our Min-SE: 422");
+                self.reply(
+                    &peer,
+                    &base,
+                    (422, "Session Interval Too Small"),
+                    Some(&tag()),
+                    &[("Min-SE", min_se.to_string())],
+                    b"",
+                )
+                .await;
+                return;
+            }
+            UasDecision::Use { timer, require } => {
+                Some(SessionTimer::new(timer, require, Instant::now()))
+            }
+            UasDecision::None => None,
+        };
+        let peer_allows_update = msg
+            .headers_named("Allow")
+            .flat_map(|v| v.split(','))
+            .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"));
         let trunk = self.settings.router.trunk(trunk_idx).cloned();
         let trunk_name = trunk.as_ref().map(|t| t.name.clone()).unwrap_or_default();
         let codecs = trunk.map(|t| t.codecs).unwrap_or_default();
@@ -616,6 +685,10 @@ impl Ua {
                 record_route,
                 remote_target,
                 local_cseq: 0,
+                timer,
+                peer_allows_update,
+                refresh: None,
+                refresh_ack: None,
             };
             self.calls.insert(call_id, call);
             return;
@@ -641,6 +714,10 @@ impl Ua {
             record_route,
             remote_target,
             local_cseq: 0,
+            timer,
+            peer_allows_update,
+            refresh: None,
+            refresh_ack: None,
         };
         if answer_after_ms > 0 {
             let contact = self.contact(&peer);
@@ -734,13 +811,18 @@ impl Ua {
         );
         call.media = Some(media);
         call.state = State::Answered;
+        if let Some(t) = call.timer.as_mut() {
+            t.refreshed(now);
+        }
         let (peer, base, tag) = (call.peer.clone(), call.base.clone(), call.local_tag.clone());
+        let timer = timer_headers(call.timer.as_ref());
         let contact = self.contact(&peer);
-        let extra = [
+        let mut extra = vec![
             ("Contact", contact),
             ("Allow", ALLOW.to_string()),
             ("Content-Type", "application/sdp".to_string()),
         ];
+        extra.extend(timer);
         let bytes = self
             .reply(
                 &peer,
@@ -848,6 +930,26 @@ impl Ua {
                 }
             }
         }
+        match session_timer(&msg) {
+            UasDecision::TooSmall { min_se } => {
+                let t = call.local_tag.clone();
+                self.reply(
+                    &peer,
+                    &base,
+                    (422, "Session Interval Too Small"),
+                    Some(&t),
+                    &[("Min-SE", min_se.to_string())],
+                    b"",
+                )
+                .await;
+                return;
+            }
+            // A re-INVITE is a session refresh (RFC 4028 §9): it restarts the timer, or ends it.
+            UasDecision::Use { timer, require } => {
+                call.timer = Some(SessionTimer::new(timer, require, Instant::now()));
+            }
+            UasDecision::None => call.timer = None,
+        }
         call.sdp_version += 1;
         call.invite_cseq = cseq;
         call.base = base.clone();
@@ -875,12 +977,14 @@ impl Ua {
             call.sdp_version,
         );
         let tag = call.local_tag.clone();
+        let timer = timer_headers(call.timer.as_ref());
         let contact = self.contact(&peer);
-        let extra = [
+        let mut extra = vec![
             ("Contact", contact),
             ("Allow", ALLOW.to_string()),
             ("Content-Type", "application/sdp".to_string()),
         ];
+        extra.extend(timer);
         let bytes = self
             .reply(
                 &peer,
@@ -979,6 +1083,78 @@ impl Ua {
                 call.retransmit = Some(Retransmit::new(r, Instant::now()));
             }
         }
+    }
+
+    /// UPDATE (RFC 3311) inside a dialog: without a body it is a session refresh (RFC 4028 §9),
+    /// answered 200 with the renegotiated timer; offers in UPDATE are refused with 488 (the gateway
+    /// takes offers by re-INVITE). For outbound calls the trunk's refresh is answered 200 echoing
+    /// its `Session-Expires`.
+    async fn update(
+        &mut self,
+        msg: &Message,
+        base: ReplyBase,
+        peer: Peer,
+        call_id: &str,
+        cseq: u32,
+    ) {
+        let key = (call_id.to_string(), cseq, "UPDATE".to_string());
+        if let Some((bytes, _)) = self.finals.get(&key) {
+            let b = bytes.clone();
+            self.send(&peer, &b).await;
+            return;
+        }
+        let now = Instant::now();
+        let contact = self.contact(&peer);
+        let (status, extra): ((u16, &str), Vec<(&str, String)>) = if self.outs.contains_key(call_id)
+        {
+            let mut extra = vec![("Contact", contact), ("Supported", SUPPORTED.to_string())];
+            if let Some(se) = msg.header("Session-Expires") {
+                extra.push(("Session-Expires", se.to_string()));
+            }
+            ((200, "OK"), extra)
+        } else {
+            match self.calls.get_mut(call_id) {
+                Some(c)
+                    if msg.to_tag().as_deref() == Some(c.local_tag.as_str())
+                        && c.state == State::Answered =>
+                {
+                    c.remote_cseq = c.remote_cseq.max(cseq);
+                    if !msg.body.is_empty() {
+                        (
+                            (488, "Not Acceptable Here"),
+                            vec![(
+                                "Warning",
+                                "399 switchboard \"offers in UPDATE are not supported: use re-INVITE\"".to_string(),
+                            )],
+                        )
+                    } else {
+                        match session_timer(msg) {
+                            UasDecision::TooSmall { min_se } => (
+                                (422, "Session Interval Too Small"),
+                                vec![("Min-SE", min_se.to_string())],
+                            ),
+                            decision => {
+                                c.timer = match decision {
+                                    UasDecision::Use { timer, require } => {
+                                        Some(SessionTimer::new(timer, require, now))
+                                    }
+                                    _ => None,
+                                };
+                                let mut extra = vec![("Contact", contact)];
+                                extra.extend(timer_headers(c.timer.as_ref()));
+                                ((200, "OK"), extra)
+                            }
+                        }
+                    }
+                }
+                _ => ((481, "Call/Transaction Does Not Exist"), Vec::new()),
+            }
+        };
+        if status.0 == 200 {
+            tracing::debug!(call_id, "UPDATE: session refreshed");
+        }
+        let bytes = self.reply(&peer, &base, status, None, &extra, b"").await;
+        self.finals.insert(key, (bytes, now + 64 * T1));
     }
 
     async fn in_dialog(
@@ -1216,6 +1392,34 @@ impl Ua {
         };
         call.leg = None;
         call.local_cseq += 1;
+        let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        let req = self.dialog_request(call_id, &call, "BYE", call.local_cseq, &branch, &[], b"");
+        metrics::counter!("switchboard_sip_requests_sent_total", "method" => "BYE").increment(1);
+        self.send(&call.peer, &req).await;
+        if !call.peer.reliable() {
+            self.byes.insert(
+                call_id.to_string(),
+                PendingBye {
+                    peer: call.peer.clone(),
+                    retransmit: Retransmit::new(req, Instant::now()),
+                },
+            );
+        }
+    }
+
+    /// A request of ours inside inbound dialog `call_id`: to the remote target through the route set
+    /// (RFC 3261 §12.2.1.1), From our side (the INVITE's To with our tag), To the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn dialog_request(
+        &self,
+        call_id: &str,
+        call: &Call,
+        method: &str,
+        cseq: u32,
+        branch: &str,
+        extra: &[(&str, String)],
+        body: &[u8],
+    ) -> Vec<u8> {
         let ip = self.local_ip(call.peer.addr().ip());
         let host = if ip.is_ipv6() {
             format!("[{ip}]")
@@ -1224,32 +1428,202 @@ impl Ua {
         };
         let port = self.settings.sip_port;
         let transport = call.peer.transport();
-        let mut routes = String::new();
+        let mut head = format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {host}:{port};branch={branch};rport\r\nMax-Forwards: 70\r\n",
+            target = call.remote_target,
+        );
         for r in &call.record_route {
-            routes.push_str(&format!("Route: {r}\r\n"));
+            head.push_str(&format!("Route: {r}\r\n"));
         }
         let from = if call.base.to.contains(";tag=") {
             call.base.to.clone()
         } else {
             format!("{};tag={}", call.base.to, call.local_tag)
         };
-        let req = format!(
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {host}:{port};branch=z9hG4bK{b:016x};rport\r\nMax-Forwards: 70\r\n{routes}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\nUser-Agent: {USER_AGENT}\r\nContent-Length: 0\r\n\r\n",
-            target = call.remote_target,
-            b = rand::random::<u64>(),
+        head.push_str(&format!(
+            "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {cseq_method}\r\nUser-Agent: {USER_AGENT}\r\n",
             to = call.base.from,
-            cseq = call.local_cseq,
+            // The ACK of a 2xx carries the INVITE's number with its own method (RFC 3261 §13.2.2.4).
+            cseq_method = method,
+        ));
+        for (name, value) in extra {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// Our session refresh (RFC 4028 §10): UPDATE without a body when the caller allows it, else a
+    /// re-INVITE offering the unchanged session (same SDP version).
+    async fn send_refresh(&mut self, call_id: &str, now: Instant) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        let Some(timer) = call.timer.as_ref() else {
+            return;
+        };
+        let method = if call.peer_allows_update {
+            "UPDATE"
+        } else {
+            "INVITE"
+        };
+        let cseq = call.local_cseq + 1;
+        let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        let mut extra = vec![
+            ("Contact", self.contact(&call.peer)),
+            ("Allow", ALLOW.to_string()),
+            ("Supported", SUPPORTED.to_string()),
+            ("Session-Expires", timer.header()),
+        ];
+        let body = if method == "INVITE" {
+            let local = self.local_ip(call.peer.addr().ip());
+            let port = call.media.as_ref().map(|m| m.port).unwrap_or(0);
+            extra.push(("Content-Type", "application/sdp".to_string()));
+            sdp::answer(
+                &call.offer,
+                &call.neg,
+                local,
+                port,
+                call.session_id,
+                call.sdp_version,
+            )
+            .into_bytes()
+        } else {
+            Vec::new()
+        };
+        let req = self.dialog_request(call_id, call, method, cseq, &branch, &extra, &body);
+        let peer = call.peer.clone();
+        tracing::debug!(
+            call_id,
+            method,
+            interval = timer.interval,
+            "session refresh"
         );
-        metrics::counter!("switchboard_sip_requests_sent_total", "method" => "BYE").increment(1);
-        self.send(&call.peer, req.as_bytes()).await;
-        if !call.peer.reliable() {
-            self.byes.insert(
-                call_id.to_string(),
-                PendingBye {
-                    peer: call.peer.clone(),
-                    retransmit: Retransmit::new(req.into_bytes(), Instant::now()),
-                },
+        metrics::counter!("switchboard_sip_requests_sent_total", "method" => method).increment(1);
+        self.send(&peer, &req).await;
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.local_cseq = cseq;
+            call.refresh = Some(PendingRefresh {
+                method,
+                cseq,
+                branch,
+                retransmit: Retransmit::new(req, now),
+                provisional: false,
+            });
+        }
+    }
+
+    /// A response to our session refresh: 2xx restarts the timer (and a re-INVITE's is ACKed); 408
+    /// and 481 end the dialog with BYE (RFC 4028 §10); other failures are retried later.
+    async fn on_refresh_response(&mut self, msg: &Message, code: u16, call_id: &str) {
+        let now = Instant::now();
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(pending) = call.refresh.as_mut() else {
+            return;
+        };
+        if code < 200 {
+            pending.provisional = true;
+            return;
+        }
+        let (method, cseq, branch) = (pending.method, pending.cseq, pending.branch.clone());
+        call.refresh = None;
+        if (200..300).contains(&code) {
+            if let Some(t) = call.timer.as_mut() {
+                if let Some(se) = msg
+                    .header("Session-Expires")
+                    .and_then(timer::parse_session_expires)
+                {
+                    t.interval = se.interval.max(timer::MIN_SE);
+                }
+                t.refreshed(now);
+            }
+        } else if matches!(code, 408 | 481) {
+            tracing::info!(call_id, code, "session refresh failed: BYE");
+        } else if let Some(t) = call.timer.as_mut() {
+            tracing::info!(
+                call_id,
+                code,
+                method,
+                "session refresh refused: retrying in 10 s"
             );
+            t.retry_later(now);
+        }
+        if method == "INVITE" {
+            // 2xx: a new transaction's ACK (new branch); other finals: ACKed in their transaction.
+            let ack_branch = if (200..300).contains(&code) {
+                format!("z9hG4bK{:016x}", rand::random::<u64>())
+            } else {
+                branch
+            };
+            if let Some(call) = self.calls.get(call_id) {
+                let ack = self.dialog_request(call_id, call, "ACK", cseq, &ack_branch, &[], b"");
+                let peer = call.peer.clone();
+                self.send(&peer, &ack).await;
+                if (200..300).contains(&code)
+                    && let Some(call) = self.calls.get_mut(call_id)
+                {
+                    call.refresh_ack = Some((cseq, ack));
+                }
+            }
+        }
+        if matches!(code, 408 | 481) {
+            self.send_bye(call_id).await;
+        }
+    }
+
+    /// Session timers of answered inbound dialogs: our refreshes when due, their retransmissions
+    /// and timeouts, and BYE for sessions that expired without a refresh.
+    async fn session_timers(&mut self, now: Instant) {
+        let mut refresh = Vec::new();
+        let mut expired = Vec::new();
+        let mut resend = Vec::new();
+        let mut timed_out = Vec::new();
+        for (id, c) in self.calls.iter_mut() {
+            if c.state != State::Answered {
+                continue;
+            }
+            let Some(t) = c.timer.as_ref() else {
+                continue;
+            };
+            if now >= t.expires_at() {
+                expired.push(id.clone());
+                continue;
+            }
+            match c.refresh.as_mut() {
+                None if t.refresh_due().is_some_and(|at| now >= at) => refresh.push(id.clone()),
+                None => {}
+                Some(p) if now >= p.retransmit.deadline => timed_out.push(id.clone()),
+                Some(p) if !c.peer.reliable() && !p.provisional && now >= p.retransmit.next => {
+                    resend.push((c.peer.clone(), p.retransmit.bytes.clone()));
+                    // INVITE doubles without a cap (timer A), non-INVITE up to T2 (timer E).
+                    p.retransmit.interval = if p.method == "INVITE" {
+                        p.retransmit.interval * 2
+                    } else {
+                        (p.retransmit.interval * 2).min(T2)
+                    };
+                    p.retransmit.next = now + p.retransmit.interval;
+                }
+                Some(_) => {}
+            }
+        }
+        for (peer, bytes) in resend {
+            self.send(&peer, &bytes).await;
+        }
+        for id in refresh {
+            self.send_refresh(&id, now).await;
+        }
+        for id in timed_out {
+            tracing::info!(call_id = %id, "session refresh timed out: BYE");
+            self.send_bye(&id).await;
+        }
+        for id in expired {
+            tracing::info!(call_id = %id, "session expired without a refresh (RFC 4028 §10): BYE");
+            metrics::counter!("switchboard_sip_session_expired_total").increment(1);
+            self.send_bye(&id).await;
         }
     }
 
@@ -1893,6 +2267,7 @@ impl Ua {
     async fn handle_timers(&mut self, now: Instant) {
         self.keepalives(now).await;
         self.out_timers(now).await;
+        self.session_timers(now).await;
         self.finals.retain(|_, (_, until)| *until > now);
         let due: Vec<String> = self
             .calls
@@ -1939,6 +2314,33 @@ impl Ua {
     }
 }
 
+/// RFC 4028 §9 for a dialog-creating or refreshing request: its `Session-Expires`, `Min-SE`, and
+/// whether its `Supported` or `Require` lists `timer`.
+fn session_timer(msg: &Message) -> UasDecision {
+    let supports = msg
+        .headers_named("Supported")
+        .chain(msg.headers_named("Require"))
+        .any(timer::lists_timer);
+    timer::negotiate_uas(
+        msg.header("Session-Expires"),
+        msg.header("Min-SE"),
+        supports,
+    )
+}
+
+/// Headers of our 2xx to an INVITE or UPDATE: `Supported: timer`, and with a session timer its
+/// `Session-Expires` and (the caller supports it) `Require: timer`.
+fn timer_headers(t: Option<&SessionTimer>) -> Vec<(&'static str, String)> {
+    let mut h = vec![("Supported", SUPPORTED.to_string())];
+    if let Some(t) = t {
+        h.push(("Session-Expires", t.header()));
+        if t.require {
+            h.push(("Require", "timer".to_string()));
+        }
+    }
+    h
+}
+
 /// The URI of a name-addr (`"Bob" <sip:bob@h>;tag=1` -> `sip:bob@h`) or of an addr-spec
 /// (`sip:bob@h;tag=1` -> `sip:bob@h`).
 fn angle_uri(value: &str) -> Option<String> {
@@ -1975,6 +2377,7 @@ fn metric_method(m: &str) -> &'static str {
         "BYE" => "BYE",
         "OPTIONS" => "OPTIONS",
         "INFO" => "INFO",
+        "UPDATE" => "UPDATE",
         _ => "other",
     }
 }
