@@ -325,3 +325,162 @@ async fn early_media_joins_the_room_at_183_and_a_later_486_frees_it() {
     assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
     s.running.shutdown().await;
 }
+
+/// `addParticipant` with a phone number in a group call (ACS `call.addParticipant({phoneNumber})`): the members
+/// see the phone `Connecting`, `Ringing` at the carrier's 180, `Connected` after its 200 (ACKed), and removed when
+/// the carrier hangs up; a second number that is busy (486) shows up and is removed again; the call itself goes on.
+#[tokio::test]
+async fn a_phone_number_added_to_a_group_call_rings_joins_and_leaves() {
+    let carrier = Carrier::new().await;
+    let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let s = server(47600, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let group = "5d7c1f0e-2b4a-4c1e-9f3a-7e6d5c4b3a21";
+    let r = alice
+        .request("join", json!({ "groupId": group, "video": false }))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let call_id = r["result"]["callId"].as_str().unwrap().to_string();
+
+    // Refused: not E.164, a communication user, a call we are not in.
+    for (target, call, code) in [
+        (
+            json!({ "phoneNumber": "5550100" }),
+            call_id.as_str(),
+            "BadTarget",
+        ),
+        (
+            json!({ "communicationUserId": "8:acs:x_y" }),
+            call_id.as_str(),
+            "BadTarget",
+        ),
+        (
+            json!({ "phoneNumber": "+15550100" }),
+            "no-such-call",
+            "CallNotFound",
+        ),
+    ] {
+        let r = alice
+            .request(
+                "addParticipant",
+                json!({ "callId": call, "target": target }),
+            )
+            .await;
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["error"]["code"], code, "{r}");
+    }
+
+    let r = alice
+        .request(
+            "addParticipant",
+            json!({ "callId": call_id, "target": { "phoneNumber": "+15550100" } }),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["participant"]["state"], "Connecting");
+    let phone = |state: &'static str, list: &'static str| {
+        move |v: &Value| {
+            v["type"] == "participantsUpdated"
+                && v[list].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|p| p["phoneNumber"] == "+15550100" && p["state"] == state)
+                })
+        }
+    };
+    alice
+        .event(Duration::from_secs(5), phone("Connecting", "added"))
+        .await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    assert!(
+        invite.header("To").is_some_and(|t| t.contains("+15550100")),
+        "{:?}",
+        invite.header("To")
+    );
+    carrier.respond(gw, &invite, 180, "Ringing", "").await;
+    alice
+        .event(Duration::from_secs(5), phone("Ringing", "updated"))
+        .await;
+    let answer = format!(
+        "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\n",
+        media.local_addr().unwrap().port()
+    );
+    carrier.respond(gw, &invite, 200, "OK", &answer).await;
+    carrier.request("ACK").await;
+    alice
+        .event(Duration::from_secs(5), phone("Connected", "added"))
+        .await;
+    assert_eq!(ports_in_use(&s), 1);
+
+    // A second number is busy: it appears, then goes.
+    let r = alice
+        .request(
+            "addParticipant",
+            json!({ "callId": call_id, "target": { "phoneNumber": "+15550111" } }),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (busy, _) = carrier.request("INVITE").await;
+    carrier.respond(gw, &busy, 486, "Busy Here", "").await;
+    carrier.request("ACK").await;
+    alice
+        .event(Duration::from_secs(5), |v| {
+            v["type"] == "participantsUpdated" && v["removed"][0]["phoneNumber"] == "+15550111"
+        })
+        .await;
+
+    // The carrier hangs the first phone up: it leaves; Alice's call goes on.
+    let bye = format!(
+        "BYE sip:switchboard@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {c};branch=z9hG4bKbye2\r\nMax-Forwards: 70\r\nFrom: {to};tag=carrier1\r\nTo: {from}\r\nCall-ID: {cid}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        c = carrier.addr(),
+        to = invite.header("To").unwrap(),
+        from = invite.header("From").unwrap(),
+        cid = invite.call_id().unwrap(),
+    );
+    carrier.sock.send_to(bye.as_bytes(), gw).await.unwrap();
+    alice
+        .event(Duration::from_secs(5), |v| {
+            v["type"] == "participantsUpdated" && v["removed"][0]["phoneNumber"] == "+15550100"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ports_in_use(&s), 0, "the RTP ports are freed");
+    let r = alice.request("mute", json!({ "callId": call_id })).await;
+    assert_eq!(r["ok"], true, "Alice is still in her call: {r}");
+    s.running.shutdown().await;
+}
+
+/// A phone still ringing when the group call ends (its last member leaves) is cancelled.
+#[tokio::test]
+async fn a_phone_still_ringing_when_the_group_call_ends_is_cancelled() {
+    let carrier = Carrier::new().await;
+    let s = server(47700, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let r = alice
+        .request(
+            "join",
+            json!({ "groupId": "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9", "video": false }),
+        )
+        .await;
+    let call_id = r["result"]["callId"].as_str().unwrap().to_string();
+    let r = alice
+        .request(
+            "addParticipant",
+            json!({ "callId": call_id, "target": { "phoneNumber": "+15550100" } }),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (invite, gw) = carrier.request("INVITE").await;
+    carrier.respond(gw, &invite, 180, "Ringing", "").await;
+    let r = alice.request("hangUp", json!({ "callId": call_id })).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (cancel, _) = carrier.request("CANCEL").await;
+    assert_eq!(cancel.call_id(), invite.call_id());
+    carrier.respond(gw, &cancel, 200, "OK", "").await;
+    carrier
+        .respond(gw, &invite, 487, "Request Terminated", "")
+        .await;
+    carrier.request("ACK").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
+    s.running.shutdown().await;
+}

@@ -197,10 +197,17 @@ pub enum HubCommand {
     /// The phone side of an outbound call progressed: `Ringing` (180) or `EarlyMedia` (183 with SDP).
     PhoneProgress {
         call_id: String,
+        /// The phone leg's connection ([`DialRequest::conn`]).
+        conn: ConnId,
         state: &'static str,
     },
     /// The phone side of an outbound call failed before answering (busy, not found, no trunk...).
-    PhoneFailed { call_id: String, reason: EndReason },
+    PhoneFailed {
+        call_id: String,
+        /// The phone leg's connection ([`DialRequest::conn`]).
+        conn: ConnId,
+        reason: EndReason,
+    },
     /// An authenticated connection.
     Register {
         conn: ConnId,
@@ -290,6 +297,7 @@ impl Hub {
             participants: HashMap::new(),
             next_participant: 1,
             dialer: None,
+            dialing: HashMap::new(),
             next_conn: hub.next_conn.clone(),
         };
         tokio::spawn(state.run(rx));
@@ -392,6 +400,8 @@ struct HubState {
     next_participant: MediaParticipant,
     /// The SIP gateway, for calls to phone numbers.
     dialer: Option<mpsc::UnboundedSender<DialRequest>>,
+    /// Phone legs being dialled into group calls (`addParticipant`): phone connection -> call id.
+    dialing: HashMap<ConnId, String>,
     /// Connection ids (shared with [`Hub::next_conn_id`]): phone legs get one.
     next_conn: Arc<AtomicU64>,
 }
@@ -487,7 +497,20 @@ impl HubState {
             }
             HubCommand::Unregister { conn } => self.unregister(conn),
             HubCommand::SetDialer(tx) => self.dialer = Some(tx),
-            HubCommand::PhoneProgress { call_id, state } => {
+            HubCommand::PhoneProgress {
+                call_id,
+                conn,
+                state,
+            } if self.dialing.get(&conn) == Some(&call_id) => {
+                if let Some(raw) = self.conns.get(&conn).map(|c| c.identity.clone()) {
+                    let update = phone_info(&raw, state);
+                    self.broadcast(
+                        &call_id,
+                        participants_updated(&call_id, vec![], vec![], vec![update]),
+                    );
+                }
+            }
+            HubCommand::PhoneProgress { call_id, state, .. } => {
                 let Some(call) = self.calls.get(&call_id).filter(|c| c.ringing()) else {
                     return;
                 };
@@ -496,7 +519,12 @@ impl HubState {
                     self.send_state(c, &call_id, state, None);
                 }
             }
-            HubCommand::PhoneFailed { call_id, reason } => {
+            HubCommand::PhoneFailed { conn, reason, .. } if self.dialing.contains_key(&conn) => {
+                self.dialing_failed(conn, reason);
+            }
+            HubCommand::PhoneFailed {
+                call_id, reason, ..
+            } => {
                 if self.calls.get(&call_id).is_some_and(Call::ringing) {
                     self.end_ringing(&call_id, reason.clone(), reason, None);
                 }
@@ -675,6 +703,11 @@ impl HubState {
                 self.start_call(conn, id, targets, video)
             }
             ClientMessage::Join { id, group_id, .. } => self.join(conn, id, group_id),
+            ClientMessage::AddParticipant {
+                id,
+                call_id,
+                target,
+            } => self.add_participant(conn, id, &call_id, target),
             ClientMessage::Accept { id, call_id } => self.accept(conn, id, &call_id),
             ClientMessage::Reject { id, call_id } => self.reject(conn, id, &call_id),
             ClientMessage::HangUp {
@@ -813,14 +846,8 @@ impl HubState {
     /// phone leg is registered here, under the number's raw id, so that the call's end while ringing reaches it
     /// (`incomingCallEnded`) like any callee's.
     fn start_phone_call(&mut self, conn: ConnId, id: RequestId, number: String) {
-        let digits = number.strip_prefix('+').unwrap_or("");
-        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            let msg = "phoneNumber must be E.164: + and 1 to 15 digits";
-            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
-        }
-        let Some(dialer) = self.dialer.clone() else {
-            let msg = "phone numbers cannot be called: no SIP gateway runs";
-            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
+        let Some(dialer) = self.dialer_for(conn, &id, &number) else {
+            return;
         };
         if self.too_many_calls(conn, &id) {
             return;
@@ -829,26 +856,8 @@ impl HubState {
         let Some(caller) = self.leg(conn, &call_id) else {
             return;
         };
+        let (phone_conn, participant, events) = self.register_phone(&call_id, &number);
         let raw = format!("4:{number}");
-        let phone_conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let participant = self.next_participant;
-        self.next_participant += 1;
-        let (out, events, _overflow) = OutboundTx::channel();
-        self.conns.insert(
-            phone_conn,
-            Conn {
-                identity: raw.clone(),
-                display_name: None,
-                out,
-                agent: Some(participant),
-            },
-        );
-        self.by_identity
-            .entry(raw.clone())
-            .or_default()
-            .insert(phone_conn);
-        self.participants
-            .insert(participant, (call_id.clone(), phone_conn));
         self.send(conn, ServerMessage::ok(id, json!({ "callId": call_id })));
         self.send_state(conn, &call_id, "Connecting", None);
         tracing::info!(call_id, caller = %caller.identity, %number, "phone call: dialling");
@@ -882,6 +891,162 @@ impl HubState {
                 tokio::time::sleep(ring).await;
                 let _ = tx.send(HubCommand::RingTimeout { call_id });
             });
+        }
+    }
+
+    /// The SIP gateway's dialer for a call to `number` (`+E164`), or a failed response to `id`.
+    fn dialer_for(
+        &self,
+        conn: ConnId,
+        id: &RequestId,
+        number: &str,
+    ) -> Option<mpsc::UnboundedSender<DialRequest>> {
+        let digits = number.strip_prefix('+').unwrap_or("");
+        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            let msg = "phoneNumber must be E.164: + and 1 to 15 digits";
+            self.send(conn, ServerMessage::fail(id.clone(), "BadTarget", msg));
+            return None;
+        }
+        if self.dialer.is_none() {
+            let msg = "phone numbers cannot be called: no SIP gateway runs";
+            self.send(conn, ServerMessage::fail(id.clone(), "BadTarget", msg));
+        }
+        self.dialer.clone()
+    }
+
+    /// Registers the connection of a phone leg of `call_id` (raw id `4:+E164`, a media agent
+    /// participant), as the SIP gateway's [`DialRequest`] needs it.
+    fn register_phone(
+        &mut self,
+        call_id: &str,
+        number: &str,
+    ) -> (ConnId, MediaParticipant, mpsc::Receiver<Outbound>) {
+        let raw = format!("4:{number}");
+        let phone_conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let participant = self.next_participant;
+        self.next_participant += 1;
+        let (out, events, _overflow) = OutboundTx::channel();
+        self.conns.insert(
+            phone_conn,
+            Conn {
+                identity: raw.clone(),
+                display_name: None,
+                out,
+                agent: Some(participant),
+            },
+        );
+        self.by_identity.entry(raw).or_default().insert(phone_conn);
+        self.participants
+            .insert(participant, (call_id.to_string(), phone_conn));
+        (phone_conn, participant, events)
+    }
+
+    /// `addParticipant` with a phone number in a group call: the SIP gateway dials it; the call's
+    /// members see the phone as a participant `Connecting` (then `Ringing`/`EarlyMedia` as the
+    /// trunk reports), `Connected` once it answers (its `accept`, [`HubState::accept`]), or removed
+    /// when it fails.
+    fn add_participant(&mut self, conn: ConnId, id: RequestId, call_id: &str, target: Target) {
+        let Some(call) = self.calls.get(call_id).filter(|c| c.leg_of(conn).is_some()) else {
+            return self.send(conn, not_in_call(id, call_id));
+        };
+        if !matches!(call.kind, Kind::Group { .. }) {
+            let msg = "participants are added to group calls; a 1:1 call has its two";
+            return self.send(conn, ServerMessage::fail(id, "InvalidState", msg));
+        }
+        let Some(number) = target.phone_number else {
+            let msg = "only phone numbers can be added (target {phoneNumber})";
+            return self.send(conn, ServerMessage::fail(id, "BadTarget", msg));
+        };
+        let raw = format!("4:{number}");
+        if call.legs.iter().any(|l| l.identity == raw)
+            || self.dialing.iter().any(|(c, id)| {
+                id == call_id && self.conns.get(c).is_some_and(|c| c.identity == raw)
+            })
+        {
+            let msg = "that number is in the call already";
+            return self.send(conn, ServerMessage::fail(id, "AlreadyJoined", msg));
+        }
+        let Some(dialer) = self.dialer_for(conn, &id, &number) else {
+            return;
+        };
+        let adder = self
+            .conns
+            .get(&conn)
+            .map(|c| c.identity.clone())
+            .unwrap_or_default();
+        let (phone_conn, participant, events) = self.register_phone(call_id, &number);
+        self.dialing.insert(phone_conn, call_id.to_string());
+        let pending = phone_info(&raw, "Connecting");
+        self.send(
+            conn,
+            ServerMessage::ok(id, json!({ "participant": pending })),
+        );
+        self.broadcast(
+            call_id,
+            participants_updated(call_id, vec![pending], vec![], vec![]),
+        );
+        tracing::info!(call_id, adder = %adder, %number, "adding a phone number to a group call: dialling");
+        metrics::counter!("switchboard_calls_started_total", "kind" => "phone_added").increment(1);
+        let request = DialRequest {
+            call_id: call_id.to_string(),
+            number,
+            caller: adder,
+            conn: phone_conn,
+            participant,
+            events,
+        };
+        if dialer.send(request).is_err() {
+            self.dialing_failed(phone_conn, reason::unavailable());
+        }
+    }
+
+    /// A phone being dialled into a group call failed (or was cancelled): the members see it
+    /// removed. Its connection is unregistered by the gateway.
+    fn dialing_failed(&mut self, phone_conn: ConnId, why: EndReason) {
+        let Some(call_id) = self.dialing.remove(&phone_conn) else {
+            return;
+        };
+        let Some(raw) = self.conns.get(&phone_conn).map(|c| c.identity.clone()) else {
+            return;
+        };
+        tracing::info!(call_id, phone = %raw, code = why.code, "phone not added to the group call");
+        self.broadcast(
+            &call_id,
+            participants_updated(
+                &call_id,
+                vec![],
+                vec![phone_info(&raw, "Disconnected")],
+                vec![],
+            ),
+        );
+    }
+
+    /// Phones still being dialled into `call_id`, which ended: the gateway cancels them.
+    fn cancel_dialing(&mut self, call_id: &str) {
+        let phones: Vec<ConnId> = self
+            .dialing
+            .iter()
+            .filter(|(_, c)| *c == call_id)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in phones {
+            self.dialing.remove(&p);
+            self.send(
+                p,
+                ServerMessage::IncomingCallEnded {
+                    call_id: call_id.to_string(),
+                    end_reason: reason::cancelled("the group call ended"),
+                },
+            );
+        }
+    }
+
+    /// Sends `msg` to every leg of `call_id`.
+    fn broadcast(&self, call_id: &str, msg: ServerMessage) {
+        if let Some(call) = self.calls.get(call_id) {
+            for l in &call.legs {
+                self.send(l.conn, msg.clone());
+            }
         }
     }
 
@@ -970,6 +1135,9 @@ impl HubState {
     }
 
     fn accept(&mut self, conn: ConnId, id: RequestId, call_id: &str) {
+        if self.dialing.get(&conn).is_some_and(|c| c == call_id) {
+            return self.phone_added(conn, id, call_id);
+        }
         if let Err((code, msg)) = self.ringing_for(conn, call_id) {
             return self.send(conn, ServerMessage::fail(id, code, msg));
         }
@@ -1014,6 +1182,38 @@ impl HubState {
             );
         }
         tracing::info!(call_id, "call connected");
+        self.update_gauges();
+    }
+
+    /// The phone dialled into group call `call_id` answered: it becomes a leg, `Connected` for all.
+    fn phone_added(&mut self, conn: ConnId, id: RequestId, call_id: &str) {
+        self.dialing.remove(&conn);
+        let Some(leg) = self.leg(conn, call_id) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            // The call ended as the phone answered: the gateway hangs the phone up.
+            self.free_leg(&leg);
+            return self.send_state(
+                conn,
+                call_id,
+                "Disconnected",
+                Some(reason::cancelled("the group call ended")),
+            );
+        };
+        let others: Vec<ParticipantInfo> = call.legs.iter().map(|l| info(l, "Connected")).collect();
+        let me = info(&leg, "Connected");
+        call.legs.push(leg);
+        self.send(
+            conn,
+            ServerMessage::ok(id, json!({ "callId": call_id, "participants": others })),
+        );
+        self.send_state(conn, call_id, "Connected", None);
+        self.broadcast(
+            call_id,
+            participants_updated(call_id, vec![me], vec![], vec![]),
+        );
+        tracing::info!(call_id, "phone added to the group call: connected");
         self.update_gauges();
     }
 
@@ -1262,6 +1462,7 @@ impl HubState {
         };
         if let Kind::Group { group_id, .. } = &call.kind {
             self.groups.remove(group_id);
+            self.cancel_dialing(call_id);
         }
         for leg in &call.legs {
             self.free_leg(leg);
@@ -1310,12 +1511,16 @@ impl HubState {
             if let Kind::Group { group_id, .. } = call.kind {
                 self.groups.remove(&group_id);
             }
+            self.cancel_dialing(call_id);
             tracing::info!(call_id, "group call ended: nobody left");
         }
         self.update_gauges();
     }
 
     fn unregister(&mut self, conn: ConnId) {
+        if self.dialing.contains_key(&conn) {
+            self.dialing_failed(conn, reason::cancelled("the phone leg ended"));
+        }
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -1605,6 +1810,18 @@ fn sanitize_sdp_error(e: &str) -> String {
         "the SDP could not be parsed".to_string()
     } else {
         first.chars().take(200).collect()
+    }
+}
+
+/// A phone being dialled (not a leg yet), as members see it.
+fn phone_info(raw: &str, state: &str) -> ParticipantInfo {
+    ParticipantInfo {
+        communication_user_id: raw.to_string(),
+        phone_number: phone_of_raw_id(raw).map(str::to_string),
+        display_name: None,
+        state: state.to_string(),
+        is_muted: false,
+        is_speaking: false,
     }
 }
 

@@ -1636,6 +1636,7 @@ impl Ua {
         };
         let fail = |code: u16, why: &str| HubCommand::PhoneFailed {
             call_id: req.call_id.clone(),
+            conn: req.conn,
             reason: crate::proto::signal::EndReason::new(code, 0, why),
         };
         // Outbound calls go over UDP only (TCP/TLS client connections are not made yet).
@@ -1915,6 +1916,7 @@ impl Ua {
                     out.remote_to = to;
                 }
                 let hub_call = out.hub_call_id.clone();
+                let phone_conn = out.conn;
                 let has_sdp = matches!(body_sdp(msg), Some(Ok(_)));
                 if has_sdp {
                     self.out_start_media(call_id, msg);
@@ -1924,6 +1926,7 @@ impl Ua {
                 if let Some(h) = hub {
                     h.send(HubCommand::PhoneProgress {
                         call_id: hub_call,
+                        conn: phone_conn,
                         state,
                     });
                 }
@@ -2057,6 +2060,7 @@ impl Ua {
             };
             b.hub.send(HubCommand::PhoneFailed {
                 call_id: out.hub_call_id.clone(),
+                conn: out.conn,
                 reason: crate::proto::signal::EndReason::new(code, 0, msg),
             });
             b.hub.send(HubCommand::Unregister { conn: out.conn });

@@ -951,6 +951,32 @@ export class Call extends Emitter {
   }
 
   /**
+   * Dials a phone number into this group call through the server's SIP gateway (ACS
+   * `call.addParticipant(identifier)`). Returns the new RemoteParticipant at once, `state` "Connecting"; it moves to
+   * "Ringing" or "EarlyMedia" as the carrier reports, "Connected" when the phone answers, and is removed
+   * (`remoteParticipantsUpdated`, state "Disconnected") when the call to it fails or ends. Only group calls take
+   * added participants.
+   * @param {{phoneNumber: string}} identifier  E.164, e.g. `{phoneNumber: "+15550100"}`
+   * @returns {RemoteParticipant}
+   */
+  addParticipant(identifier) {
+    this._assertActive("addParticipant");
+    const phoneNumber = identifier?.phoneNumber;
+    if (typeof phoneNumber !== "string" || !/^\+\d{1,15}$/.test(phoneNumber)) {
+      throw sdkError("BadTarget", 'addParticipant takes {phoneNumber: "+E164"}');
+    }
+    if (!this.id) throw sdkError("InvalidState", "the call is not connected yet");
+    const record = { communicationUserId: `4:${phoneNumber}`, phoneNumber, state: "Connecting" };
+    this._onParticipantsUpdated({ added: [record] });
+    const participant = this._remote.find((p) => idOf(p.identifier) === record.communicationUserId);
+    this._agent._request("addParticipant", { callId: this.id, target: { phoneNumber } }).catch((e) => {
+      console.warn(`[switchboard] call ${this.id}: adding ${phoneNumber} failed: ${e.message || e}`);
+      this._onParticipantsUpdated({ removed: [record] });
+    });
+    return participant;
+  }
+
+  /**
    * Mutes the local microphone (stops sending audio) and tells the other participants.
    * @returns {Promise<void>}
    */

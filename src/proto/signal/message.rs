@@ -121,6 +121,13 @@ pub enum ClientMessage {
         targets: Vec<Target>,
         video: bool,
     },
+    /// Dial a phone number into a group call (ACS `call.addParticipant({phoneNumber})`): the SIP
+    /// gateway calls it; the call's members see it as a participant, `Connecting` until it answers.
+    AddParticipant {
+        id: RequestId,
+        call_id: String,
+        target: Target,
+    },
     /// Answer an incoming call.
     Accept { id: RequestId, call_id: String },
     /// Decline an incoming call.
@@ -184,6 +191,7 @@ impl ClientMessage {
             ClientMessage::Auth { id, .. }
             | ClientMessage::Ping { id }
             | ClientMessage::StartCall { id, .. }
+            | ClientMessage::AddParticipant { id, .. }
             | ClientMessage::Accept { id, .. }
             | ClientMessage::Reject { id, .. }
             | ClientMessage::HangUp { id, .. }
@@ -310,6 +318,24 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
                 id: need_id()?,
                 targets,
                 video: field_bool(&obj, id, ty, "video")?,
+            }
+        }
+        "addParticipant" => {
+            let target = match obj.get("target") {
+                Some(t) => serde_json::from_value::<Target>(t.clone()).map_err(|e| {
+                    err(
+                        id,
+                        format!(
+                            "field \"target\" of \"addParticipant\" must be {{phoneNumber}}: {e}"
+                        ),
+                    )
+                })?,
+                None => return Err(err(id, "\"addParticipant\" needs field \"target\"")),
+            };
+            ClientMessage::AddParticipant {
+                id: need_id()?,
+                call_id: s("callId")?,
+                target,
             }
         }
         "accept" => ClientMessage::Accept {
