@@ -693,6 +693,35 @@ mod tests {
     }
 
     #[test]
+    fn add_participant_needs_a_target_object() {
+        let m = decode_client_message(
+            r#"{"type":"addParticipant","id":2,"callId":"c","target":{"phoneNumber":"+15550100"}}"#,
+        );
+        assert_eq!(
+            m.unwrap(),
+            ClientMessage::AddParticipant {
+                id: Value::from(2),
+                call_id: "c".into(),
+                target: Target {
+                    communication_user_id: String::new(),
+                    phone_number: Some("+15550100".into()),
+                },
+            }
+        );
+        for bad in [
+            r#"{"type":"addParticipant","id":2,"callId":"c"}"#,
+            r#"{"type":"addParticipant","id":2,"callId":"c","target":"+15550100"}"#,
+            r#"{"type":"addParticipant","id":2,"target":{"phoneNumber":"+1"}}"#,
+        ] {
+            let e = decode_client_message(bad).unwrap_err();
+            assert!(
+                e.to_string().contains("addParticipant") || e.to_string().contains("callId"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn phone_callers_serialize_with_their_number() {
         let m = ServerMessage::IncomingCall {
             call_id: "c".into(),
