@@ -103,6 +103,25 @@ async fn call(alice: &mut Client, number: &str) -> String {
     r["result"]["callId"].as_str().unwrap().to_string()
 }
 
+/// `join` of a group call; returns the call id.
+async fn join(alice: &mut Client, group: &str) -> String {
+    let r = alice
+        .request("join", json!({ "groupId": group, "video": false }))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    r["result"]["callId"].as_str().unwrap().to_string()
+}
+
+/// `addParticipant` of a phone number; returns the response.
+async fn add_phone(alice: &mut Client, call_id: &str, number: &str) -> Value {
+    alice
+        .request(
+            "addParticipant",
+            json!({ "callId": call_id, "target": { "phoneNumber": number } }),
+        )
+        .await
+}
+
 async fn ended(alice: &mut Client, call_id: &str) -> Value {
     alice
         .event(
@@ -335,12 +354,7 @@ async fn a_phone_number_added_to_a_group_call_rings_joins_and_leaves() {
     let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let s = server(47600, vec![trunk("carrier", carrier.addr(), "+1")]).await;
     let mut alice = caller(&s).await;
-    let group = "5d7c1f0e-2b4a-4c1e-9f3a-7e6d5c4b3a21";
-    let r = alice
-        .request("join", json!({ "groupId": group, "video": false }))
-        .await;
-    assert_eq!(r["ok"], true, "{r}");
-    let call_id = r["result"]["callId"].as_str().unwrap().to_string();
+    let call_id = join(&mut alice, "5d7c1f0e-2b4a-4c1e-9f3a-7e6d5c4b3a21").await;
 
     // Refused: not E.164, a communication user, a call we are not in.
     for (target, call, code) in [
@@ -370,12 +384,7 @@ async fn a_phone_number_added_to_a_group_call_rings_joins_and_leaves() {
         assert_eq!(r["error"]["code"], code, "{r}");
     }
 
-    let r = alice
-        .request(
-            "addParticipant",
-            json!({ "callId": call_id, "target": { "phoneNumber": "+15550100" } }),
-        )
-        .await;
+    let r = add_phone(&mut alice, &call_id, "+15550100").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["result"]["participant"]["state"], "Connecting");
     let phone = |state: &'static str, list: &'static str| {
@@ -412,12 +421,7 @@ async fn a_phone_number_added_to_a_group_call_rings_joins_and_leaves() {
     assert_eq!(ports_in_use(&s), 1);
 
     // A second number is busy: it appears, then goes.
-    let r = alice
-        .request(
-            "addParticipant",
-            json!({ "callId": call_id, "target": { "phoneNumber": "+15550111" } }),
-        )
-        .await;
+    let r = add_phone(&mut alice, &call_id, "+15550111").await;
     assert_eq!(r["ok"], true, "{r}");
     let (busy, _) = carrier.request("INVITE").await;
     carrier.respond(gw, &busy, 486, "Busy Here", "").await;
@@ -455,19 +459,8 @@ async fn a_phone_still_ringing_when_the_group_call_ends_is_cancelled() {
     let carrier = Carrier::new().await;
     let s = server(47700, vec![trunk("carrier", carrier.addr(), "+1")]).await;
     let mut alice = caller(&s).await;
-    let r = alice
-        .request(
-            "join",
-            json!({ "groupId": "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9", "video": false }),
-        )
-        .await;
-    let call_id = r["result"]["callId"].as_str().unwrap().to_string();
-    let r = alice
-        .request(
-            "addParticipant",
-            json!({ "callId": call_id, "target": { "phoneNumber": "+15550100" } }),
-        )
-        .await;
+    let call_id = join(&mut alice, "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9").await;
+    let r = add_phone(&mut alice, &call_id, "+15550100").await;
     assert_eq!(r["ok"], true, "{r}");
     let (invite, gw) = carrier.request("INVITE").await;
     carrier.respond(gw, &invite, 180, "Ringing", "").await;

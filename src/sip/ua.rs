@@ -542,9 +542,9 @@ impl Ua {
                 self.reply(
                     &peer,
                     &base,
-                    (422, "Session Interval Too Small"),
+                    too_small(),
                     Some(&tag()),
-                    &[("Min-SE", min_se.to_string())],
+                    &min_se_header(min_se),
                     b"",
                 )
                 .await;
@@ -936,9 +936,9 @@ impl Ua {
                 self.reply(
                     &peer,
                     &base,
-                    (422, "Session Interval Too Small"),
+                    too_small(),
                     Some(&t),
-                    &[("Min-SE", min_se.to_string())],
+                    &min_se_header(min_se),
                     b"",
                 )
                 .await;
@@ -1129,10 +1129,9 @@ impl Ua {
                         )
                     } else {
                         match session_timer(msg) {
-                            UasDecision::TooSmall { min_se } => (
-                                (422, "Session Interval Too Small"),
-                                vec![("Min-SE", min_se.to_string())],
-                            ),
+                            UasDecision::TooSmall { min_se } => {
+                                (too_small(), min_se_header(min_se).to_vec())
+                            }
                             decision => {
                                 c.timer = match decision {
                                     UasDecision::Use { timer, require } => {
@@ -2330,6 +2329,16 @@ fn session_timer(msg: &Message) -> UasDecision {
         msg.header("Min-SE"),
         supports,
     )
+}
+
+/// `422 Session Interval Too Small` (RFC 4028 §6).
+fn too_small() -> (u16, &'static str) {
+    (422, "Session Interval Too Small")
+}
+
+/// The `Min-SE` header of a 422.
+fn min_se_header(min_se: u32) -> [(&'static str, String); 1] {
+    [("Min-SE", min_se.to_string())]
 }
 
 /// Headers of our 2xx to an INVITE or UPDATE: `Supported: timer`, and with a session timer its
