@@ -801,19 +801,30 @@ impl Ua {
                 return;
             }
         };
-        let answer = sdp::answer(
-            &call.offer,
-            &call.neg,
-            local,
-            media.port,
-            call.session_id,
-            call.sdp_version,
-        );
+        let port = media.port;
         call.media = Some(media);
         call.state = State::Answered;
         if let Some(t) = call.timer.as_mut() {
             t.refreshed(now);
         }
+        self.send_invite_ok(call_id, local, port, now).await;
+    }
+
+    /// The 2xx to the INVITE (initial or re-INVITE) being processed in `call_id`: our SDP answer
+    /// (media at `local`:`port`), Contact, Allow and the session timer's headers; kept for
+    /// retransmitted INVITEs and, over UDP, retransmitted until the ACK (RFC 3261 §13.3.1.4).
+    async fn send_invite_ok(&mut self, call_id: &str, local: IpAddr, port: u16, now: Instant) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        let answer = sdp::answer(
+            &call.offer,
+            &call.neg,
+            local,
+            port,
+            call.session_id,
+            call.sdp_version,
+        );
         let (peer, base, tag) = (call.peer.clone(), call.base.clone(), call.local_tag.clone());
         let timer = timer_headers(call.timer.as_ref());
         let contact = self.contact(&peer);
@@ -965,42 +976,8 @@ impl Ua {
             });
         }
         let local = self.local_ip(peer.addr().ip());
-        let Some(call) = self.calls.get_mut(&call_id) else {
-            return;
-        };
-        let answer = sdp::answer(
-            &call.offer,
-            &call.neg,
-            local,
-            port,
-            call.session_id,
-            call.sdp_version,
-        );
-        let tag = call.local_tag.clone();
-        let timer = timer_headers(call.timer.as_ref());
-        let contact = self.contact(&peer);
-        let mut extra = vec![
-            ("Contact", contact),
-            ("Allow", ALLOW.to_string()),
-            ("Content-Type", "application/sdp".to_string()),
-        ];
-        extra.extend(timer);
-        let bytes = self
-            .reply(
-                &peer,
-                &base,
-                (200, "OK"),
-                Some(&tag),
-                &extra,
-                answer.as_bytes(),
-            )
+        self.send_invite_ok(&call_id, local, port, Instant::now())
             .await;
-        if let Some(call) = self.calls.get_mut(&call_id) {
-            call.last_invite_response = bytes.clone();
-            if !peer.reliable() {
-                call.retransmit = Some(Retransmit::new(bytes, Instant::now()));
-            }
-        }
     }
 
     fn ack(&mut self, call_id: &str, cseq: u32) {
