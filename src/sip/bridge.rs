@@ -23,15 +23,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::media::{
-    DtmfSource, JITTER_DEPTH, Lease, MediaParams, MediaSession, RTCP_INTERVAL, ntp_now, report_dtmf,
+    DtmfSource, JITTER_DEPTH, Lease, MediaParams, MediaSession, RTCP_INTERVAL, RtpLeg, report_dtmf,
 };
 use super::transcode::{self, Downlink, FRAME_8K, Uplink};
 use crate::proto::signal::{ClientMessage, Target};
 use crate::proto::sip::dtmf::{self, Rfc4733Decoder, ToneEvent};
 use crate::proto::sip::goertzel::ToneDetector;
 use crate::proto::sip::jitter::JitterBuffer;
-use crate::proto::sip::rtcp::{self, ReceiverStats, SenderInfo};
-use crate::proto::sip::rtp;
 use crate::service::calls::{ConnId, Hub, HubCommand, MediaParticipant, Outbound, OutboundTx};
 use crate::sfu::{AgentAudio, AgentSink, ParticipantId};
 
@@ -304,24 +302,13 @@ struct Bridge {
     call_id: String,
     p: MediaParams,
     link: BridgeMedia,
-    rtp_to: SocketAddr,
-    rtcp_to: SocketAddr,
-    latched: bool,
-    rtcp_latched: bool,
-    ssrc: u32,
-    out_seq: u16,
+    leg: RtpLeg,
     out_ts: u32,
     /// The next packet starts a talk spurt (RFC 3551 §4.1: marker bit).
     marker: bool,
-    last_send: Option<Instant>,
-    sent_packets: u32,
-    sent_octets: u32,
-    received: u64,
-    stats: ReceiverStats,
     jitter: JitterBuffer<Vec<u8>>,
     rfc4733: Rfc4733Decoder,
     inband: ToneDetector,
-    started: Instant,
     uplink: Uplink,
     /// 48 kHz timestamp of the next Opus frame published.
     opus_ts: u64,
@@ -340,26 +327,15 @@ impl Bridge {
     ) -> Result<Bridge, transcode::TranscodeError> {
         let uplink = Uplink::new(p.neg.codec)?;
         Ok(Bridge {
+            leg: RtpLeg::new(&call_id, &p),
             call_id,
-            rtp_to: p.neg.remote_rtp,
-            rtcp_to: p.neg.remote_rtcp,
             p,
             link,
-            latched: false,
-            rtcp_latched: false,
-            ssrc: rand::random::<u32>(),
-            out_seq: rand::random::<u16>() & 0x7fff,
             out_ts: rand::random::<u32>(),
             marker: true,
-            last_send: None,
-            sent_packets: 0,
-            sent_octets: 0,
-            received: 0,
-            stats: ReceiverStats::default(),
             jitter: JitterBuffer::new(JITTER_DEPTH),
             rfc4733: Rfc4733Decoder::default(),
             inband: ToneDetector::new(),
-            started: Instant::now(),
             uplink,
             opus_ts: u64::from(rand::random::<u16>()),
             published: 0,
@@ -370,14 +346,6 @@ impl Bridge {
         })
     }
 
-    fn may_latch(&self, from: SocketAddr) -> bool {
-        from.ip() == self.p.signalling_ip || from.ip() == self.p.neg.remote_rtp.ip()
-    }
-
-    fn now_16(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.started).as_micros() as u64 * 65536) / 1_000_000
-    }
-
     fn digit(&self, event: ToneEvent, source: DtmfSource, duration_ms: Option<u32>) {
         report_dtmf(&self.call_id, event, source, duration_ms);
         if let ToneEvent::Digit(d) = event {
@@ -386,20 +354,9 @@ impl Bridge {
     }
 
     fn on_rtp(&mut self, buf: &[u8], from: SocketAddr, now: Instant) {
-        let Ok(pkt) = rtp::parse(buf) else { return };
-        if !self.latched && self.may_latch(from) {
-            if from != self.rtp_to {
-                tracing::info!(call_id = %self.call_id, signalled = %self.rtp_to, latched = %from, "symmetric RTP: latched");
-            }
-            self.rtp_to = from;
-            self.latched = true;
-        }
-        self.received += 1;
-        metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "received")
-            .increment(1);
-        let arrival =
-            (now.saturating_duration_since(self.started).as_micros() as u64 * 8 / 1000) as u32;
-        self.stats.on_rtp(pkt.ssrc, pkt.seq, pkt.timestamp, arrival);
+        let Some(pkt) = self.leg.on_rtp(&self.p, buf, from, now) else {
+            return;
+        };
         let te = self.p.neg.telephone_event.as_ref().map(|t| t.0);
         if Some(pkt.pt) == te {
             for d in self.rfc4733.handle_packet(now, pkt.timestamp, pkt.payload) {
@@ -486,15 +443,9 @@ impl Bridge {
     }
 
     async fn send_rtp(&mut self, sock: &UdpSocket, pt: u8, marker: bool, ts: u32, payload: &[u8]) {
-        self.out_seq = self.out_seq.wrapping_add(1);
-        let out = rtp::write(marker, pt, self.out_seq, ts, self.ssrc, payload);
-        if sock.send_to(&out, self.rtp_to).await.is_ok() {
-            self.sent_packets = self.sent_packets.wrapping_add(1);
-            self.sent_octets = self.sent_octets.wrapping_add(payload.len() as u32);
-            self.last_send = Some(Instant::now());
-            metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "sent")
-                .increment(1);
-        }
+        self.leg
+            .send_rtp(sock, pt, marker, ts, payload, Instant::now())
+            .await;
     }
 
     /// Every 20 ms: a DTMF event packet when one is being played, else the room's mixed audio.
@@ -562,24 +513,6 @@ impl Bridge {
         self.send_rtp(sock, pt, marker, ts, &payload).await;
     }
 
-    async fn send_rtcp(&mut self, rtcp_sock: &UdpSocket, now: Instant) {
-        let sender = self.last_send.map(|at| SenderInfo {
-            ntp: ntp_now(),
-            rtp_ts: self.out_ts.wrapping_add(
-                (now.saturating_duration_since(at).as_millis() as u32).wrapping_mul(8),
-            ),
-            packets: self.sent_packets,
-            octets: self.sent_octets,
-        });
-        let now_16 = self.now_16(now);
-        let stats = (self.received > 0).then_some(&mut self.stats);
-        let pkt = rtcp::compound(self.ssrc, sender, stats, now_16, "switchboard");
-        if rtcp_sock.send_to(&pkt, self.rtcp_to).await.is_ok() {
-            metrics::counter!("switchboard_sip_rtcp_packets_total", "direction" => "sent")
-                .increment(1);
-        }
-    }
-
     async fn run(
         mut self,
         rtp_sock: UdpSocket,
@@ -610,26 +543,11 @@ impl Bridge {
                 }
                 r = rtcp_sock.recv_from(&mut cbuf) => {
                     let Ok((n, from)) = r else { continue };
-                    metrics::counter!("switchboard_sip_rtcp_packets_total", "direction" => "received").increment(1);
-                    if !self.rtcp_latched && self.may_latch(from) {
-                        self.rtcp_to = from;
-                        self.rtcp_latched = true;
-                    }
-                    let now_16 = self.now_16(Instant::now());
-                    for (ssrc, ntp) in rtcp::sender_reports(&cbuf[..n]) {
-                        if ssrc == self.stats.ssrc {
-                            self.stats.on_sr(ntp, now_16);
-                        }
-                    }
+                    self.leg.on_rtcp(&self.p, &cbuf[..n], from, Instant::now());
                 }
                 p = rx.recv() => match p {
                     Some(p) => {
-                        if p.neg.remote_rtp != self.p.neg.remote_rtp {
-                            self.rtp_to = p.neg.remote_rtp;
-                            self.rtcp_to = p.neg.remote_rtcp;
-                            self.latched = false;
-                            self.rtcp_latched = false;
-                        }
+                        self.leg.renegotiated(&self.p, &p);
                         tracing::info!(call_id = %self.call_id, send = p.send, direction = p.neg.answered.as_str(), "bridge media updated");
                         self.p = p;
                     }
@@ -657,12 +575,12 @@ impl Bridge {
                     }
                     self.drain_jitter(now);
                     if now >= next_rtcp {
-                        self.send_rtcp(&rtcp_sock, now).await;
+                        self.leg.send_rtcp(&rtcp_sock, now).await;
                         next_rtcp = now + RTCP_INTERVAL;
                     }
                 }
             }
         }
-        tracing::info!(call_id = %self.call_id, received = self.received, published = self.published, sent = self.sent_packets, "bridge media ended");
+        tracing::info!(call_id = %self.call_id, received = self.leg.received, published = self.published, sent = self.leg.sent_packets, "bridge media ended");
     }
 }

@@ -252,26 +252,166 @@ struct Queued {
     payload: Vec<u8>,
 }
 
-struct Echo {
+/// One RTP/RTCP leg towards a phone (RFC 3550), shared by the echo line and the bridge: where RTP
+/// and RTCP go (the signalled addresses, then the first source from the signalled host: symmetric
+/// RTP behind NAT), our SSRC, sequence numbers and sender-report counts, and receiver statistics of
+/// what arrives.
+pub(super) struct RtpLeg {
     call_id: String,
-    p: MediaParams,
     rtp_to: SocketAddr,
     rtcp_to: SocketAddr,
     latched: bool,
     rtcp_latched: bool,
     ssrc: u32,
-    out_seq: u16,
-    restamp: rtp::Restamper,
-    last_out_ts: u32,
+    seq: u16,
+    last_ts: u32,
     last_send: Option<Instant>,
-    sent_packets: u32,
+    /// RTP packets sent.
+    pub(super) sent_packets: u32,
     sent_octets: u32,
-    received: u64,
+    /// RTP packets received.
+    pub(super) received: u64,
     stats: ReceiverStats,
+    started: Instant,
+}
+
+impl RtpLeg {
+    /// A leg to the addresses `p` negotiated, random SSRC and first sequence number.
+    pub(super) fn new(call_id: &str, p: &MediaParams) -> RtpLeg {
+        RtpLeg {
+            call_id: call_id.to_string(),
+            rtp_to: p.neg.remote_rtp,
+            rtcp_to: p.neg.remote_rtcp,
+            latched: false,
+            rtcp_latched: false,
+            ssrc: rand::random::<u32>(),
+            seq: rand::random::<u16>() & 0x7fff,
+            last_ts: 0,
+            last_send: None,
+            sent_packets: 0,
+            sent_octets: 0,
+            received: 0,
+            stats: ReceiverStats::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// A new negotiation (re-INVITE): when the remote address changed, RTP and RTCP go to the new
+    /// one and latch again.
+    pub(super) fn renegotiated(&mut self, old: &MediaParams, new: &MediaParams) {
+        if new.neg.remote_rtp != old.neg.remote_rtp {
+            self.rtp_to = new.neg.remote_rtp;
+            self.rtcp_to = new.neg.remote_rtcp;
+            self.latched = false;
+            self.rtcp_latched = false;
+        }
+    }
+
+    /// Whether packets from `from` may move our destination: the signalling peer's or the
+    /// signalled media host.
+    fn may_latch(p: &MediaParams, from: SocketAddr) -> bool {
+        from.ip() == p.signalling_ip || from.ip() == p.neg.remote_rtp.ip()
+    }
+
+    /// 1/65536 s since the leg started (RTCP's middle 32 bits of NTP, RFC 3550 §6.4.1).
+    fn now_16(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.started).as_micros() as u64 * 65536) / 1_000_000
+    }
+
+    /// An RTP datagram from `from`: latches, counts and feeds the receiver statistics; the packet
+    /// when it parses.
+    pub(super) fn on_rtp<'a>(
+        &mut self,
+        p: &MediaParams,
+        buf: &'a [u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Option<rtp::RtpPacket<'a>> {
+        let pkt = rtp::parse(buf).ok()?;
+        if !self.latched && RtpLeg::may_latch(p, from) {
+            if from != self.rtp_to {
+                tracing::info!(call_id = %self.call_id, signalled = %self.rtp_to, latched = %from, "symmetric RTP: latched");
+            }
+            self.rtp_to = from;
+            self.latched = true;
+        }
+        self.received += 1;
+        metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "received")
+            .increment(1);
+        let arrival =
+            (now.saturating_duration_since(self.started).as_micros() as u64 * 8 / 1000) as u32;
+        self.stats.on_rtp(pkt.ssrc, pkt.seq, pkt.timestamp, arrival);
+        Some(pkt)
+    }
+
+    /// An RTCP datagram from `from`: latches its address, takes the sender reports of the source
+    /// we receive (for our reports' LSR/DLSR).
+    pub(super) fn on_rtcp(&mut self, p: &MediaParams, buf: &[u8], from: SocketAddr, now: Instant) {
+        metrics::counter!("switchboard_sip_rtcp_packets_total", "direction" => "received")
+            .increment(1);
+        if !self.rtcp_latched && RtpLeg::may_latch(p, from) {
+            self.rtcp_to = from;
+            self.rtcp_latched = true;
+        }
+        let now_16 = self.now_16(now);
+        for (ssrc, ntp) in rtcp::sender_reports(buf) {
+            if ssrc == self.stats.ssrc {
+                self.stats.on_sr(ntp, now_16);
+            }
+        }
+    }
+
+    /// Sends one RTP packet (payload type `pt`, timestamp `ts`, 8 kHz units).
+    pub(super) async fn send_rtp(
+        &mut self,
+        sock: &UdpSocket,
+        pt: u8,
+        marker: bool,
+        ts: u32,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        self.seq = self.seq.wrapping_add(1);
+        let out = rtp::write(marker, pt, self.seq, ts, self.ssrc, payload);
+        if sock.send_to(&out, self.rtp_to).await.is_ok() {
+            self.sent_packets = self.sent_packets.wrapping_add(1);
+            self.sent_octets = self.sent_octets.wrapping_add(payload.len() as u32);
+            self.last_ts = ts;
+            self.last_send = Some(now);
+            metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "sent")
+                .increment(1);
+        }
+    }
+
+    /// Our compound RTCP report: SR when we sent RTP (its RTP time extrapolated from the last
+    /// packet at 8 kHz), else RR; report blocks when we received; SDES CNAME.
+    pub(super) async fn send_rtcp(&mut self, sock: &UdpSocket, now: Instant) {
+        let sender = self.last_send.map(|at| SenderInfo {
+            ntp: ntp_now(),
+            rtp_ts: self.last_ts.wrapping_add(
+                (now.saturating_duration_since(at).as_millis() as u32).wrapping_mul(8),
+            ),
+            packets: self.sent_packets,
+            octets: self.sent_octets,
+        });
+        let now_16 = self.now_16(now);
+        let stats = (self.received > 0).then_some(&mut self.stats);
+        let pkt = rtcp::compound(self.ssrc, sender, stats, now_16, "switchboard");
+        if sock.send_to(&pkt, self.rtcp_to).await.is_ok() {
+            metrics::counter!("switchboard_sip_rtcp_packets_total", "direction" => "sent")
+                .increment(1);
+        }
+    }
+}
+
+struct Echo {
+    call_id: String,
+    p: MediaParams,
+    leg: RtpLeg,
+    restamp: rtp::Restamper,
     jitter: JitterBuffer<Queued>,
     rfc4733: Rfc4733Decoder,
     inband: ToneDetector,
-    started: Instant,
 }
 
 /// Now as a 64-bit NTP timestamp (RFC 3550 §4).
@@ -285,64 +425,27 @@ pub(crate) fn ntp_now() -> u64 {
 
 impl Echo {
     fn new(call_id: String, p: MediaParams) -> Echo {
-        let ssrc = rand::random::<u32>();
         Echo {
+            leg: RtpLeg::new(&call_id, &p),
             call_id,
-            rtp_to: p.neg.remote_rtp,
-            rtcp_to: p.neg.remote_rtcp,
             p,
-            latched: false,
-            rtcp_latched: false,
-            ssrc,
-            out_seq: rand::random::<u16>() & 0x7fff,
             restamp: rtp::Restamper::new(rand::random::<u32>(), 160),
-            last_out_ts: 0,
-            last_send: None,
-            sent_packets: 0,
-            sent_octets: 0,
-            received: 0,
-            stats: ReceiverStats::default(),
             jitter: JitterBuffer::new(JITTER_DEPTH),
             rfc4733: Rfc4733Decoder::default(),
             inband: ToneDetector::new(),
-            started: Instant::now(),
         }
-    }
-
-    fn now_16(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.started).as_micros() as u64 * 65536) / 1_000_000
     }
 
     fn apply(&mut self, p: MediaParams) {
-        if p.neg.remote_rtp != self.p.neg.remote_rtp {
-            self.rtp_to = p.neg.remote_rtp;
-            self.rtcp_to = p.neg.remote_rtcp;
-            self.latched = false;
-            self.rtcp_latched = false;
-        }
+        self.leg.renegotiated(&self.p, &p);
         tracing::info!(call_id = %self.call_id, send = p.send, direction = p.neg.answered.as_str(), "media updated");
         self.p = p;
     }
 
-    fn may_latch(&self, from: SocketAddr) -> bool {
-        from.ip() == self.p.signalling_ip || from.ip() == self.p.neg.remote_rtp.ip()
-    }
-
     async fn on_rtp(&mut self, rtp_sock: &UdpSocket, buf: &[u8], from: SocketAddr, now: Instant) {
-        let Ok(pkt) = rtp::parse(buf) else { return };
-        if !self.latched && self.may_latch(from) {
-            if from != self.rtp_to {
-                tracing::info!(call_id = %self.call_id, signalled = %self.rtp_to, latched = %from, "symmetric RTP: latched");
-            }
-            self.rtp_to = from;
-            self.latched = true;
-        }
-        self.received += 1;
-        metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "received")
-            .increment(1);
-        let arrival =
-            (now.saturating_duration_since(self.started).as_micros() as u64 * 8 / 1000) as u32;
-        self.stats.on_rtp(pkt.ssrc, pkt.seq, pkt.timestamp, arrival);
+        let Some(pkt) = self.leg.on_rtp(&self.p, buf, from, now) else {
+            return;
+        };
         let te = self.p.neg.telephone_event.as_ref().map(|t| t.0);
         if Some(pkt.pt) == te {
             for d in self.rfc4733.handle_packet(now, pkt.timestamp, pkt.payload) {
@@ -381,34 +484,9 @@ impl Echo {
             if !self.p.send {
                 continue;
             }
-            self.out_seq = self.out_seq.wrapping_add(1);
-            let out = rtp::write(marker, q.pt, self.out_seq, ts, self.ssrc, &q.payload);
-            if rtp_sock.send_to(&out, self.rtp_to).await.is_ok() {
-                self.sent_packets = self.sent_packets.wrapping_add(1);
-                self.sent_octets = self.sent_octets.wrapping_add(q.payload.len() as u32);
-                self.last_out_ts = ts;
-                self.last_send = Some(now);
-                metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "sent")
-                    .increment(1);
-            }
-        }
-    }
-
-    async fn send_rtcp(&mut self, rtcp_sock: &UdpSocket, now: Instant) {
-        let sender = self.last_send.map(|at| SenderInfo {
-            ntp: ntp_now(),
-            rtp_ts: self.last_out_ts.wrapping_add(
-                (now.saturating_duration_since(at).as_millis() as u32).wrapping_mul(8),
-            ),
-            packets: self.sent_packets,
-            octets: self.sent_octets,
-        });
-        let now_16 = self.now_16(now);
-        let stats = (self.received > 0).then_some(&mut self.stats);
-        let pkt = rtcp::compound(self.ssrc, sender, stats, now_16, "switchboard");
-        if rtcp_sock.send_to(&pkt, self.rtcp_to).await.is_ok() {
-            metrics::counter!("switchboard_sip_rtcp_packets_total", "direction" => "sent")
-                .increment(1);
+            self.leg
+                .send_rtp(rtp_sock, q.pt, marker, ts, &q.payload, now)
+                .await;
         }
     }
 
@@ -439,17 +517,7 @@ impl Echo {
                 }
                 r = rtcp_sock.recv_from(&mut cbuf) => {
                     let Ok((n, from)) = r else { continue };
-                    metrics::counter!("switchboard_sip_rtcp_packets_total", "direction" => "received").increment(1);
-                    if !self.rtcp_latched && self.may_latch(from) {
-                        self.rtcp_to = from;
-                        self.rtcp_latched = true;
-                    }
-                    let now_16 = self.now_16(Instant::now());
-                    for (ssrc, ntp) in rtcp::sender_reports(&cbuf[..n]) {
-                        if ssrc == self.stats.ssrc {
-                            self.stats.on_sr(ntp, now_16);
-                        }
-                    }
+                    self.leg.on_rtcp(&self.p, &cbuf[..n], from, Instant::now());
                 }
                 p = rx.recv() => match p {
                     Some(p) => self.apply(p),
@@ -462,12 +530,12 @@ impl Echo {
                     }
                     self.drain(&rtp_sock, now).await;
                     if now >= next_rtcp {
-                        self.send_rtcp(&rtcp_sock, now).await;
+                        self.leg.send_rtcp(&rtcp_sock, now).await;
                         next_rtcp = now + RTCP_INTERVAL;
                     }
                 }
             }
         }
-        tracing::debug!(call_id = %self.call_id, received = self.received, sent = self.sent_packets, "media session ended");
+        tracing::debug!(call_id = %self.call_id, received = self.leg.received, sent = self.leg.sent_packets, "media session ended");
     }
 }
