@@ -477,3 +477,89 @@ async fn a_phone_still_ringing_when_the_group_call_ends_is_cancelled() {
     assert_eq!(ports_in_use(&s), 0, "the RTP port is freed");
     s.running.shutdown().await;
 }
+
+/// A re-INVITE from the carrier inside an outbound call (hold, then resume, as a PBX or a session-timer refresh
+/// sends it) is answered 200 with our SDP for its offer: `sendonly` -> `recvonly`, `sendrecv` -> `sendrecv`, the `o=`
+/// version raised each time; a retransmission gets the same 200; the call goes on.
+#[tokio::test]
+async fn a_re_invite_from_the_carrier_holds_and_resumes_an_outbound_call() {
+    let carrier = Carrier::new().await;
+    let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let s = server(47800, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    let port = media.local_addr().unwrap().port();
+    let sdp = |dir: &str| {
+        format!(
+            "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\na={dir}\r\n"
+        )
+    };
+    carrier
+        .respond(gw, &invite, 200, "OK", &sdp("sendrecv"))
+        .await;
+    carrier.request("ACK").await;
+    alice
+        .event(Duration::from_secs(5), state_event(&call_id, "Connected"))
+        .await;
+    let reinvite = |cseq: u32, dir: &str| {
+        let body = sdp(dir);
+        format!(
+            "INVITE sip:switchboard@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {c};branch=z9hG4bKre{cseq}\r\nMax-Forwards: 70\r\nFrom: {to};tag=carrier1\r\nTo: {from}\r\nCall-ID: {cid}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:carrier@{c}>\r\nContent-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{body}",
+            c = carrier.addr(),
+            to = invite.header("To").unwrap(),
+            from = invite.header("From").unwrap(),
+            cid = invite.call_id().unwrap(),
+            len = body.len(),
+        )
+    };
+    let mut versions = Vec::new();
+    for (cseq, dir, want) in [(2, "sendonly", "a=recvonly"), (3, "sendrecv", "a=sendrecv")] {
+        let req = reinvite(cseq, dir);
+        carrier.sock.send_to(req.as_bytes(), gw).await.unwrap();
+        let ok = carrier_response(&carrier, cseq).await;
+        let body = String::from_utf8_lossy(&ok.body).to_string();
+        assert!(body.contains(want), "{dir} is answered {want}: {body}");
+        versions.push(
+            body.lines()
+                .find_map(|l| l.strip_prefix("o="))
+                .and_then(|o| o.split(' ').nth(2))
+                .unwrap_or_default()
+                .to_string(),
+        );
+        if cseq == 2 {
+            // A retransmitted re-INVITE gets the same 200.
+            carrier.sock.send_to(req.as_bytes(), gw).await.unwrap();
+            let again = carrier_response(&carrier, cseq).await;
+            assert_eq!(again.body, ok.body);
+        }
+        let ack = format!(
+            "ACK sip:switchboard@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {c};branch=z9hG4bKack{cseq}\r\nMax-Forwards: 70\r\nFrom: {to};tag=carrier1\r\nTo: {from}\r\nCall-ID: {cid}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+            c = carrier.addr(),
+            to = invite.header("To").unwrap(),
+            from = ok.header("To").unwrap(),
+            cid = invite.call_id().unwrap(),
+        );
+        carrier.sock.send_to(ack.as_bytes(), gw).await.unwrap();
+    }
+    assert_eq!(versions, ["2", "3"], "a new o= version per answer");
+    let r = alice.request("mute", json!({ "callId": call_id })).await;
+    assert_eq!(r["ok"], true, "the call goes on: {r}");
+    s.running.shutdown().await;
+}
+
+/// The next response with this CSeq number at the carrier.
+async fn carrier_response(carrier: &Carrier, cseq: u32) -> Message {
+    let mut buf = vec![0u8; 65535];
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (n, _) = tokio::time::timeout_at(end, carrier.sock.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no response to CSeq {cseq}"))
+            .unwrap();
+        let m = message::parse(&buf[..n]).expect("well-formed SIP");
+        if m.method().is_none() && m.cseq().is_ok_and(|(n, _)| n == cseq) {
+            return m;
+        }
+    }
+}

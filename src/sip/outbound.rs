@@ -70,6 +70,10 @@ pub struct OutCall {
     pub port: u16,
     /// The media, once started.
     pub media: Option<MediaSession>,
+    /// Session id of our SDP (its `o=` line), fixed by the INVITE that was answered.
+    pub sdp_session: u64,
+    /// Version of our SDP, raised by every answer to a re-INVITE's offer.
+    pub sdp_version: u64,
     /// Forwards what the hub tells the phone leg to the UA.
     pub forwarder: tokio::task::JoinHandle<()>,
 }
@@ -109,12 +113,14 @@ pub fn forward_events(
     })
 }
 
-/// Our SDP offer: PCMA and PCMU in the trunk's order, telephone-event/8000 (payload type 101), ptime 20.
+/// Our SDP offer: PCMA and PCMU in the trunk's order, telephone-event/8000 (payload type 101), ptime 20;
+/// `o=` with `session` and `version` (RFC 4566 §5.2: a new version for every changed description).
 pub fn offer_sdp(
     local: IpAddr,
     port: u16,
     codecs: &[crate::proto::sip::sdp::G711],
     session: u64,
+    version: u64,
 ) -> String {
     use crate::proto::sip::sdp::G711;
     let family = if local.is_ipv4() { "IP4" } else { "IP6" };
@@ -124,7 +130,7 @@ pub fn offer_sdp(
     }
     let pts: Vec<String> = codecs.iter().map(|c| c.static_pt().to_string()).collect();
     let mut s = format!(
-        "v=0\r\no=switchboard {session} 1 IN {family} {local}\r\ns=switchboard\r\nc=IN {family} {local}\r\nt=0 0\r\nm=audio {port} RTP/AVP {} 101\r\n",
+        "v=0\r\no=switchboard {session} {version} IN {family} {local}\r\ns=switchboard\r\nc=IN {family} {local}\r\nt=0 0\r\nm=audio {port} RTP/AVP {} 101\r\n",
         pts.join(" ")
     );
     for c in &codecs {
@@ -239,6 +245,7 @@ mod tests {
             20000,
             &[G711::Pcma, G711::Pcmu],
             7,
+            1,
         );
         let parsed = sdp::parse(&o).unwrap();
         let n = sdp::negotiate(&parsed, &[G711::Pcma]).unwrap();

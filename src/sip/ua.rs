@@ -171,6 +171,9 @@ pub struct Ua {
     hub_rx: Option<mpsc::UnboundedReceiver<HubEvent>>,
     /// Outbound calls (browser -> phone), by SIP Call-ID.
     outs: HashMap<String, OutCall>,
+    /// Our 2xx to a trunk's re-INVITE in an outbound call, by Call-ID: (its CSeq, the peer, the
+    /// retransmission state until the ACK).
+    out_reinvite_oks: HashMap<String, (u32, Peer, Retransmit)>,
     dial_rx: Option<mpsc::UnboundedReceiver<DialRequest>>,
 }
 
@@ -214,6 +217,7 @@ impl Ua {
         }
         Ua {
             outs: HashMap::new(),
+            out_reinvite_oks: HashMap::new(),
             dial_rx: Some(dial_rx),
             probes,
             byes: HashMap::new(),
@@ -375,9 +379,20 @@ impl Ua {
         let Ok((cseq, _)) = msg.cseq() else { return };
         let base = ReplyBase::of(&msg);
         match method.as_str() {
+            "INVITE" if self.outs.contains_key(&call_id) => {
+                self.out_reinvite(&msg, base, peer, &call_id, cseq).await
+            }
             "INVITE" => {
                 self.invite(msg, base, peer, call_id, cseq, dialled.unwrap_or_default())
                     .await
+            }
+            "ACK"
+                if self
+                    .out_reinvite_oks
+                    .get(&call_id)
+                    .is_some_and(|(n, _, _)| *n == cseq) =>
+            {
+                self.out_reinvite_oks.remove(&call_id);
             }
             "ACK" => self.ack(&call_id, cseq),
             "CANCEL" => self.cancel(base, peer, &call_id, cseq).await,
@@ -1670,6 +1685,8 @@ impl Ua {
             neg: None,
             sockets: Some(sockets),
             port,
+            sdp_session: 0,
+            sdp_version: 1,
             media: None,
             forwarder,
         };
@@ -1727,7 +1744,8 @@ impl Ua {
         };
         let (via, from, to, uri) = self.out_addressing(out);
         let contact = self.contact(&out.peer);
-        let sdp = outbound::offer_sdp(local, out.port, &trunk.codecs, u64::from(out.cseq) << 8);
+        let session = u64::from(out.cseq) << 8;
+        let sdp = outbound::offer_sdp(local, out.port, &trunk.codecs, session, 1);
         let headers = outbound::Headers {
             via_sent_by: &via,
             from: &from,
@@ -1757,6 +1775,7 @@ impl Ua {
         let now = Instant::now();
         if let Some(out) = self.outs.get_mut(call_id) {
             out.invite = bytes;
+            out.sdp_session = session;
             out.remote_to = to;
             out.retransmit = Some((now + T1, T1, now + 64 * T1));
         }
@@ -2134,6 +2153,124 @@ impl Ua {
         }
     }
 
+    /// A re-INVITE from the trunk inside an outbound call: hold/resume, a session refresh (RFC
+    /// 4028), a new media address. Its offer is negotiated with the trunk's codecs and the media
+    /// follows it (`sendonly` -> we answer `recvonly` and stop sending); without an offer our 200
+    /// carries our current session as the offer. The 2xx is retransmitted over UDP until the ACK.
+    async fn out_reinvite(
+        &mut self,
+        msg: &Message,
+        base: ReplyBase,
+        peer: Peer,
+        call_id: &str,
+        cseq: u32,
+    ) {
+        if let Some((n, p, r)) = self.out_reinvite_oks.get(call_id)
+            && *n == cseq
+        {
+            // A retransmission of the re-INVITE we answered.
+            let (p, bytes) = (p.clone(), r.bytes.clone());
+            self.send(&p, &bytes).await;
+            return;
+        }
+        let codecs = self
+            .outs
+            .get(call_id)
+            .and_then(|o| self.settings.router.trunk(o.trunk))
+            .map(|t| t.codecs.clone())
+            .unwrap_or_default();
+        let local = self.local_ip(peer.addr().ip());
+        let contact = self.contact(&peer);
+        let Some(out) = self.outs.get_mut(call_id) else {
+            return;
+        };
+        if out.state != OutState::Connected || out.neg.is_none() {
+            let tag = out.local_tag.clone();
+            self.reply(&peer, &base, (491, "Request Pending"), Some(&tag), &[], b"")
+                .await;
+            return;
+        }
+        let body = match body_sdp(msg) {
+            Some(Ok(offer)) => match sdp::negotiate(&offer, &codecs) {
+                Ok(neg) => {
+                    out.sdp_version += 1;
+                    if let Some(m) = &out.media {
+                        m.update(MediaParams {
+                            neg: neg.clone(),
+                            send: neg.answered.sends(),
+                            signalling_ip: peer.addr().ip(),
+                        });
+                    }
+                    tracing::info!(
+                        call_id,
+                        offered = neg.offered.as_str(),
+                        answered = neg.answered.as_str(),
+                        "re-INVITE from the trunk"
+                    );
+                    let answer = sdp::answer(
+                        &offer,
+                        &neg,
+                        local,
+                        out.port,
+                        out.sdp_session,
+                        out.sdp_version,
+                    );
+                    out.neg = Some(neg);
+                    answer
+                }
+                Err(e) => {
+                    let tag = out.local_tag.clone();
+                    let warning = format!("305 switchboard \"{e}\"");
+                    self.reply(
+                        &peer,
+                        &base,
+                        (488, "Not Acceptable Here"),
+                        Some(&tag),
+                        &[("Warning", warning)],
+                        b"",
+                    )
+                    .await;
+                    return;
+                }
+            },
+            Some(Err(_)) => {
+                let tag = out.local_tag.clone();
+                self.reply(&peer, &base, (400, "Bad Request"), Some(&tag), &[], b"")
+                    .await;
+                return;
+            }
+            // No offer: ours (the session as it is); the answer in the ACK is not needed to go on.
+            None => {
+                out.sdp_version += 1;
+                outbound::offer_sdp(local, out.port, &codecs, out.sdp_session, out.sdp_version)
+            }
+        };
+        let tag = out.local_tag.clone();
+        let mut extra = vec![
+            ("Contact", contact),
+            ("Allow", ALLOW.to_string()),
+            ("Supported", SUPPORTED.to_string()),
+            ("Content-Type", "application/sdp".to_string()),
+        ];
+        if let Some(se) = msg.header("Session-Expires") {
+            // Their refresh: echoed, they stay the refresher (RFC 4028 §9).
+            extra.push(("Session-Expires", se.to_string()));
+        }
+        let bytes = self
+            .reply(
+                &peer,
+                &base,
+                (200, "OK"),
+                Some(&tag),
+                &extra,
+                body.as_bytes(),
+            )
+            .await;
+        let retransmit = Retransmit::new(bytes, Instant::now());
+        self.out_reinvite_oks
+            .insert(call_id.to_string(), (cseq, peer, retransmit));
+    }
+
     /// BYE or INFO from the trunk in an outbound call's dialog.
     async fn out_in_dialog(
         &mut self,
@@ -2248,6 +2385,19 @@ impl Ua {
         self.keepalives(now).await;
         self.out_timers(now).await;
         self.session_timers(now).await;
+        self.out_reinvite_oks
+            .retain(|_, (_, _, r)| now < r.deadline);
+        let mut resend = Vec::new();
+        for (_, peer, r) in self.out_reinvite_oks.values_mut() {
+            if !peer.reliable() && now >= r.next {
+                resend.push((peer.clone(), r.bytes.clone()));
+                r.interval = (r.interval * 2).min(T2);
+                r.next = now + r.interval;
+            }
+        }
+        for (p, b) in resend {
+            self.send(&p, &b).await;
+        }
         self.finals.retain(|_, (_, until)| *until > now);
         let due: Vec<String> = self
             .calls
