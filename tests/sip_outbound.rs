@@ -563,3 +563,122 @@ async fn carrier_response(carrier: &Carrier, cseq: u32) -> Message {
         }
     }
 }
+
+/// A carrier on TCP: one accepted connection, messages framed by Content-Length.
+struct TcpCarrier {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl TcpCarrier {
+    /// The next request with this method on the connection (other messages are skipped).
+    async fn request(&mut self, method: &str) -> Message {
+        use tokio::io::AsyncReadExt;
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while self.buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+                self.buf.remove(0);
+            }
+            if let message::Framing::Complete(n) = message::frame(&self.buf) {
+                let m = message::parse(&self.buf[..n]).expect("well-formed SIP");
+                self.buf.drain(..n);
+                if m.method() == Some(method) {
+                    return m;
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(end, self.stream.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no {method} on the TCP connection"))
+                .unwrap();
+            assert!(n > 0, "the gateway closed the connection before {method}");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn respond(&mut self, req: &Message, code: u16, reason: &str, body: &str) {
+        use tokio::io::AsyncWriteExt;
+        let mut extra = vec![(
+            "Contact",
+            "<sip:carrier@127.0.0.1;transport=tcp>".to_string(),
+        )];
+        if !body.is_empty() {
+            extra.push(("Content-Type", "application/sdp".to_string()));
+        }
+        let bytes =
+            ReplyBase::of(req).response(code, reason, Some("carrier1"), &extra, body.as_bytes());
+        self.stream.write_all(&bytes).await.unwrap();
+    }
+}
+
+/// A TCP trunk (`transport = "tcp"`): the gateway connects, sends the INVITE with a TCP Via and `;transport=tcp`, and
+/// keeps the dialog on that connection (the 2xx ACK, the BYE when the browser hangs up). A TCP trunk nobody listens
+/// on counts as failed: the next matching trunk (UDP here) gets the call.
+#[tokio::test]
+async fn a_tcp_trunk_carries_the_whole_dialog_and_an_unreachable_one_fails_over() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let udp_carrier = Carrier::new().await;
+    let mut tcp = trunk("tcp", listener.local_addr().unwrap(), "+1555");
+    tcp.transport = TrunkTransport::Tcp;
+    let mut dead = trunk("dead", closed, "+1666");
+    dead.transport = TrunkTransport::Tcp;
+    let backup = trunk("backup", udp_carrier.addr(), "+1");
+    let s = server(47900, vec![tcp, dead, backup]).await;
+    let mut alice = caller(&s).await;
+
+    let call_id = call(&mut alice, "+15550100").await;
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("the gateway connects")
+        .unwrap();
+    let mut carrier = TcpCarrier {
+        stream,
+        buf: Vec::new(),
+    };
+    let invite = carrier.request("INVITE").await;
+    assert!(
+        invite
+            .header("Via")
+            .is_some_and(|v| v.starts_with("SIP/2.0/TCP ")),
+        "{:?}",
+        invite.header("Via")
+    );
+    assert!(
+        matches!(&invite.start, StartLine::Request { uri, .. } if uri.ends_with(";transport=tcp")),
+        "{:?}",
+        invite.start
+    );
+    carrier.respond(&invite, 100, "Trying", "").await;
+    let answer = "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=ptime:20\r\n";
+    carrier.respond(&invite, 200, "OK", answer).await;
+    carrier.request("ACK").await;
+    alice
+        .event(Duration::from_secs(5), state_event(&call_id, "Connected"))
+        .await;
+    let r = alice.request("hangUp", json!({ "callId": call_id })).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let bye = carrier.request("BYE").await;
+    assert_eq!(bye.call_id(), invite.call_id());
+    carrier.respond(&bye, 200, "OK", "").await;
+
+    // +1666... matches the dead TCP trunk first (longest prefix), then the UDP backup.
+    let call_id = call(&mut alice, "+16660100").await;
+    let (invite, gw) = udp_carrier.request("INVITE").await;
+    assert!(
+        invite
+            .header("Via")
+            .is_some_and(|v| v.starts_with("SIP/2.0/UDP "))
+    );
+    udp_carrier.respond(gw, &invite, 486, "Busy Here", "").await;
+    udp_carrier.request("ACK").await;
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 486, "{ev}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ports_in_use(&s), 0, "the RTP ports are freed");
+    s.running.shutdown().await;
+}

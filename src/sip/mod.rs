@@ -107,7 +107,8 @@ pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway
         },
         udp.clone(),
         ports.clone(),
-    );
+    )
+    .with_streams(tx.clone(), stop.clone());
     let mut tasks = vec![
         tokio::spawn(transport::udp_loop(udp, tx.clone(), stop.clone())),
         tokio::spawn(transport::tcp_loop(tcp, tx.clone(), stop.clone())),

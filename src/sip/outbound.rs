@@ -74,6 +74,10 @@ pub struct OutCall {
     pub sdp_session: u64,
     /// Version of our SDP, raised by every answer to a re-INVITE's offer.
     pub sdp_version: u64,
+    /// The TCP connection to a TCP trunk: closed when the call is dropped.
+    pub connection: Option<tokio_util::sync::DropGuard>,
+    /// Credentials to send once the TCP connection is up (the INVITE waits for it).
+    pub pending_auth: Option<(&'static str, String)>,
     /// Forwards what the hub tells the phone leg to the UA.
     pub forwarder: tokio::task::JoinHandle<()>,
 }

@@ -114,7 +114,8 @@ pub async fn tcp_loop(
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, from)) => {
-                    tokio::spawn(stream_connection(stream, from, false, to_ua.clone(), stop.clone()));
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(stream_connection(stream, from, false, (tx, rx), Some(TCP_IDLE), to_ua.clone(), stop.clone()));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "SIP TCP accept error");
@@ -140,7 +141,10 @@ pub async fn tls_loop(
                     let (acceptor, to_ua, stop) = (acceptor.clone(), to_ua.clone(), stop.clone());
                     tokio::spawn(async move {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => stream_connection(tls, from, true, to_ua, stop).await,
+                            Ok(Ok(tls)) => {
+                                let (tx, rx) = mpsc::unbounded_channel();
+                                stream_connection(tls, from, true, (tx, rx), Some(TCP_IDLE), to_ua, stop).await
+                            }
                             _ => tracing::debug!(peer = %from, "SIP TLS handshake failed"),
                         }
                     });
@@ -154,17 +158,52 @@ pub async fn tls_loop(
     }
 }
 
+/// Connects to a TCP trunk (`addr`) for an outbound call: within 5 s, or the error. Messages the
+/// trunk sends on the connection go to the UA like any received message; the returned peer writes
+/// to it. The connection has no idle timeout (a call may be silent on signalling for hours); it
+/// closes when `stop` is cancelled (the call ended) or the trunk closes it.
+///
+/// # Errors
+/// The connect failing or timing out.
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    to_ua: mpsc::Sender<Received>,
+    stop: CancellationToken,
+) -> std::io::Result<Peer> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let peer = Peer::Tcp(addr, tx.clone());
+    tokio::spawn(stream_connection(
+        stream,
+        addr,
+        false,
+        (tx, rx),
+        None,
+        to_ua,
+        stop,
+    ));
+    Ok(peer)
+}
+
+#[allow(clippy::type_complexity)]
 async fn stream_connection<S>(
     stream: S,
     from: SocketAddr,
     tls: bool,
+    (tx, mut rx): (
+        mpsc::UnboundedSender<Vec<u8>>,
+        mpsc::UnboundedReceiver<Vec<u8>>,
+    ),
+    idle: Option<Duration>,
     to_ua: mpsc::Sender<Received>,
     stop: CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
             if wr.write_all(&b).await.is_err() {
@@ -215,7 +254,7 @@ async fn stream_connection<S>(
         }
         let read = tokio::select! {
             _ = stop.cancelled() => break,
-            r = tokio::time::timeout(TCP_IDLE, rd.read(&mut chunk)) => r,
+            r = tokio::time::timeout(idle.unwrap_or(Duration::MAX), rd.read(&mut chunk)) => r,
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => break,

@@ -21,12 +21,12 @@ use super::bridge::{self, BridgeDeps, BridgeMedia, HubEvent, HubLeg};
 use super::digest;
 use super::media::{DtmfSource, MediaParams, MediaSession, PortPool, report_dtmf};
 use super::outbound::{self, OutCall, OutState};
-use super::transport::{Peer, Received};
+use super::transport::{self, Peer, Received};
 use crate::proto::signal::ServerMessage;
 use crate::proto::sip::dtmf;
 use crate::proto::sip::keepalive::{Health, KeepAlive};
 use crate::proto::sip::message::{self, Message, ReplyBase, StartLine};
-use crate::proto::sip::route::{Decision, RouteTarget, Router};
+use crate::proto::sip::route::{Decision, RouteTarget, Router, TrunkTransport};
 use crate::proto::sip::sdp::{self, Negotiated, SessionDescription};
 use crate::proto::sip::timer::{self, SessionTimer, UasDecision};
 use crate::service::calls::{DialRequest, HubCommand, Outbound};
@@ -175,6 +175,13 @@ pub struct Ua {
     /// retransmission state until the ACK).
     out_reinvite_oks: HashMap<String, (u32, Peer, Retransmit)>,
     dial_rx: Option<mpsc::UnboundedReceiver<DialRequest>>,
+    /// Where messages of connections we open go (the transports' channel to this UA), and the
+    /// gateway's stop token; set by [`Ua::with_streams`]. Without it TCP trunks are not dialled.
+    streams: Option<(mpsc::Sender<Received>, CancellationToken)>,
+    /// Outcomes of TCP connects to trunks: (SIP Call-ID, the trunk's address, the peer or why not).
+    connected_tx: mpsc::UnboundedSender<(String, std::net::SocketAddr, Result<Peer, String>)>,
+    connected_rx:
+        Option<mpsc::UnboundedReceiver<(String, std::net::SocketAddr, Result<Peer, String>)>>,
 }
 
 fn tag() -> String {
@@ -212,6 +219,7 @@ impl Ua {
             .collect();
         let (hub_tx, hub_rx) = mpsc::unbounded_channel();
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
+        let (connected_tx, connected_rx) = mpsc::unbounded_channel();
         if let Some(b) = &settings.bridge {
             b.hub.send(HubCommand::SetDialer(dial_tx));
         }
@@ -219,6 +227,9 @@ impl Ua {
             outs: HashMap::new(),
             out_reinvite_oks: HashMap::new(),
             dial_rx: Some(dial_rx),
+            streams: None,
+            connected_tx,
+            connected_rx: Some(connected_rx),
             probes,
             byes: HashMap::new(),
             hub_tx,
@@ -232,11 +243,21 @@ impl Ua {
     }
 
     /// Runs until cancelled: messages from the transports, timers every 50 ms.
+    /// Lets the UA open TCP connections to trunks: what they receive goes to `to_ua` (the channel
+    /// the transports feed [`Ua::run`]), and they close with `stop`.
+    pub fn with_streams(mut self, to_ua: mpsc::Sender<Received>, stop: CancellationToken) -> Ua {
+        self.streams = Some((to_ua, stop));
+        self
+    }
+
     pub async fn run(mut self, mut rx: mpsc::Receiver<Received>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (Some(mut hub_rx), Some(mut dial_rx)) = (self.hub_rx.take(), self.dial_rx.take())
-        else {
+        let (Some(mut hub_rx), Some(mut dial_rx), Some(mut connected_rx)) = (
+            self.hub_rx.take(),
+            self.dial_rx.take(),
+            self.connected_rx.take(),
+        ) else {
             return;
         };
         loop {
@@ -248,6 +269,7 @@ impl Ua {
                 },
                 Some(ev) = hub_rx.recv() => self.on_hub_event(ev).await,
                 Some(req) = dial_rx.recv() => self.dial(req).await,
+                Some((id, addr, r)) = connected_rx.recv() => self.out_connected(&id, addr, r).await,
                 _ = tick.tick() => self.handle_timers(Instant::now()).await,
             }
         }
@@ -1630,18 +1652,7 @@ impl Ua {
             conn: req.conn,
             reason: crate::proto::signal::EndReason::new(code, 0, why),
         };
-        // Outbound calls go over UDP only (TCP/TLS client connections are not made yet).
-        let trunks: Vec<usize> =
-            self.settings
-                .router
-                .outbound_trunks(&req.number)
-                .into_iter()
-                .filter(|i| {
-                    self.settings.router.trunk(*i).is_some_and(|t| {
-                        t.transport == crate::proto::sip::route::TrunkTransport::Udp
-                    })
-                })
-                .collect();
+        let trunks: Vec<usize> = self.settings.router.outbound_trunks(&req.number);
         let Some((&first, rest)) = trunks.split_first() else {
             tracing::info!(call_id = %req.call_id, number = %req.number, "no trunk prefix matches the number: 404");
             deps.hub.send(fail(404, "no trunk serves this number"));
@@ -1687,6 +1698,8 @@ impl Ua {
             port,
             sdp_session: 0,
             sdp_version: 1,
+            connection: None,
+            pending_auth: None,
             media: None,
             forwarder,
         };
@@ -1708,11 +1721,16 @@ impl Ua {
             .and_then(|t| t.caller_id.clone())
             .unwrap_or_else(|| "switchboard".to_string());
         let target = out.peer.addr();
+        let uri_transport = if out.peer.reliable() {
+            ";transport=tcp"
+        } else {
+            ""
+        };
         (
-            format!("SIP/2.0/UDP {host}:{port}"),
+            format!("SIP/2.0/{} {host}:{port}", out.peer.transport()),
             format!("<sip:{user}@{host}:{port}>"),
             format!("<sip:{}@{target}>", out.number),
-            format!("sip:{}@{target}", out.number),
+            format!("sip:{}@{target}{uri_transport}", out.number),
         )
     }
 
@@ -1735,7 +1753,29 @@ impl Ua {
         let Some(out) = self.outs.get_mut(call_id) else {
             return;
         };
-        out.peer = Peer::Udp(addr);
+        if trunk.transport == TrunkTransport::Tcp {
+            if !matches!(&out.peer, Peer::Tcp(a, _) if *a == addr) {
+                // Connect first (off the UA task); `out_connected` sends the INVITE.
+                let Some((to_ua, stop)) = self.streams.clone() else {
+                    self.out_failed(call_id, 503, "TCP trunks need the gateway's transports")
+                        .await;
+                    return;
+                };
+                let conn_stop = stop.child_token();
+                out.connection = Some(conn_stop.clone().drop_guard());
+                out.pending_auth = auth;
+                let (done, id) = (self.connected_tx.clone(), call_id.to_string());
+                tokio::spawn(async move {
+                    let r = transport::connect_tcp(addr, to_ua, conn_stop)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = done.send((id, addr, r));
+                });
+                return;
+            }
+        } else {
+            out.peer = Peer::Udp(addr);
+        }
         out.cseq += 1;
         out.branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
         let local = self.local_ip(addr.ip());
@@ -1778,6 +1818,36 @@ impl Ua {
             out.sdp_session = session;
             out.remote_to = to;
             out.retransmit = Some((now + T1, T1, now + 64 * T1));
+        }
+    }
+
+    /// A TCP connect to a trunk finished: the INVITE goes out on it, or the trunk counts as failed
+    /// (503: the next matching trunk is tried).
+    async fn out_connected(
+        &mut self,
+        call_id: &str,
+        addr: std::net::SocketAddr,
+        r: Result<Peer, String>,
+    ) {
+        let Some(out) = self.outs.get_mut(call_id) else {
+            return;
+        };
+        if out.state != OutState::Calling {
+            return;
+        }
+        match r {
+            Ok(peer) => {
+                tracing::debug!(call_id, %addr, "TCP connection to the trunk");
+                out.peer = peer;
+                let auth = out.pending_auth.take();
+                self.send_invite(call_id, auth).await;
+            }
+            Err(e) => {
+                tracing::info!(call_id, %addr, error = %e, "TCP trunk unreachable");
+                out.connection = None;
+                self.out_final_failure(call_id, 503, "trunk unreachable over TCP")
+                    .await;
+            }
         }
     }
 
@@ -2331,7 +2401,7 @@ impl Ua {
             if now >= deadline {
                 out.retransmit = None;
                 expired.push((id.clone(), out.state));
-            } else if now >= next && out.state == OutState::Calling {
+            } else if now >= next && out.state == OutState::Calling && !out.peer.reliable() {
                 resend.push((out.peer.clone(), out.invite.clone()));
                 let interval = (interval * 2).min(T2);
                 out.retransmit = Some((now + interval, interval, deadline));
