@@ -156,6 +156,9 @@ struct PendingBye {
     retransmit: Retransmit,
 }
 
+/// A TCP connect to a trunk finished: (SIP Call-ID, the trunk's address, the peer or why not).
+type Connected = (String, std::net::SocketAddr, Result<Peer, String>);
+
 /// The UA: every dialog of the gateway.
 pub struct Ua {
     settings: UaSettings,
