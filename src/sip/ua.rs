@@ -182,9 +182,8 @@ pub struct Ua {
     /// gateway's stop token; set by [`Ua::with_streams`]. Without it TCP trunks are not dialled.
     streams: Option<(mpsc::Sender<Received>, CancellationToken)>,
     /// Outcomes of TCP connects to trunks: (SIP Call-ID, the trunk's address, the peer or why not).
-    connected_tx: mpsc::UnboundedSender<(String, std::net::SocketAddr, Result<Peer, String>)>,
-    connected_rx:
-        Option<mpsc::UnboundedReceiver<(String, std::net::SocketAddr, Result<Peer, String>)>>,
+    connected_tx: mpsc::UnboundedSender<Connected>,
+    connected_rx: Option<mpsc::UnboundedReceiver<Connected>>,
 }
 
 fn tag() -> String {
