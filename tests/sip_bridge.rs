@@ -129,9 +129,18 @@ impl Phone {
     }
 
     async fn invite(&self) {
+        self.invite_offering(
+            "8 101",
+            "a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n",
+        )
+        .await;
+    }
+
+    /// INVITE whose audio m-line offers the formats `fmts` with these attribute lines.
+    async fn invite_offering(&self, fmts: &str, attributes: &str) {
         let port = self.rtp.local_addr().unwrap().port();
         let sdp = format!(
-            "v=0\r\no=ph 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n"
+            "v=0\r\no=ph 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP {fmts}\r\n{attributes}a=ptime:20\r\n"
         );
         let r = self.request(
             "INVITE",
@@ -477,5 +486,50 @@ async fn a_group_route_joins_the_group_call_and_its_phones_hear_each_other() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ports_in_use(&s), 0, "the RTP ports are freed");
+    s.running.shutdown().await;
+}
+
+/// A phone that negotiated no telephone-event hears the browser's `sendDtmf` as the in-band tone (ITU-T Q.23
+/// frequencies in its PCMA audio), which a Goertzel detector on the phone's side reads back as the digit.
+#[tokio::test]
+async fn dtmf_to_a_phone_without_telephone_event_is_played_in_band() {
+    use switchboard::proto::sip::goertzel::ToneDetector;
+    use switchboard::proto::sip::{g711, rtp};
+    let (s, _id, token) = bridged_server(46600).await;
+    let mut bob = Client::authed(&s.ws_url(), &token, "Bob").await;
+    let mut phone = Phone::new(sip_udp(&s)).await;
+    phone.invite_offering("8", "a=rtpmap:8 PCMA/8000\r\n").await;
+    let ev = incoming(&mut bob).await;
+    let call_id = ev["callId"].as_str().unwrap().to_string();
+    bob.request("accept", json!({ "callId": call_id })).await;
+    let got = phone.until(200).await;
+    let sdp = String::from_utf8_lossy(&got.last().unwrap().body).to_string();
+    assert!(!sdp.contains("telephone-event"), "{sdp}");
+    phone.send(phone.request("ACK", 1, "ACK", "", "")).await;
+    let gw = SocketAddr::from(([127, 0, 0, 1], audio_port(&got.last().unwrap().body)));
+    // The phone speaks first (silence), so its address is latched.
+    let silence = vec![g711::alaw_encode(0); 160];
+    phone
+        .rtp
+        .send_to(&rtp::write(true, 8, 1, 0, 0x99, &silence), gw)
+        .await
+        .unwrap();
+    let r = bob
+        .request("sendDtmf", json!({ "callId": call_id, "tones": "7" }))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut detector = ToneDetector::new();
+    let mut digits = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, phone.rtp.recv(&mut buf)).await {
+        let Ok(p) = rtp::parse(&buf[..n]) else {
+            continue;
+        };
+        assert_eq!(p.pt, 8, "no telephone-event packets: PCMA only");
+        let samples: Vec<i16> = p.payload.iter().map(|b| g711::alaw_decode(*b)).collect();
+        digits.extend(detector.push(&samples));
+    }
+    assert_eq!(digits, ['7'], "the tone heard in the audio");
     s.running.shutdown().await;
 }

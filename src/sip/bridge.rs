@@ -28,7 +28,7 @@ use super::media::{
 use super::transcode::{self, Downlink, FRAME_8K, Uplink};
 use crate::proto::signal::{ClientMessage, Target};
 use crate::proto::sip::dtmf::{self, Rfc4733Decoder, ToneEvent};
-use crate::proto::sip::goertzel::ToneDetector;
+use crate::proto::sip::goertzel::{self, ToneDetector};
 use crate::proto::sip::jitter::JitterBuffer;
 use crate::service::calls::{ConnId, Hub, HubCommand, MediaParticipant, Outbound, OutboundTx};
 use crate::sfu::{AgentAudio, AgentSink, ParticipantId};
@@ -316,6 +316,8 @@ struct Bridge {
     downlinks: HashMap<ParticipantId, (Downlink, VecDeque<Vec<f32>>)>,
     dtmf_queue: VecDeque<char>,
     dtmf_packets: VecDeque<dtmf::EventPacket>,
+    /// In-band DTMF to play (20 ms frames of 8 kHz samples) when no telephone-event was negotiated.
+    inband_out: VecDeque<Vec<i16>>,
     dtmf_gap: u32,
 }
 
@@ -342,6 +344,7 @@ impl Bridge {
             downlinks: HashMap::new(),
             dtmf_queue: VecDeque::new(),
             dtmf_packets: VecDeque::new(),
+            inband_out: VecDeque::new(),
             dtmf_gap: 0,
         })
     }
@@ -449,12 +452,41 @@ impl Bridge {
     }
 
     /// Every 20 ms: a DTMF event packet when one is being played, else the room's mixed audio.
+    /// A digit for a phone that negotiated no telephone-event: 100 ms of its DTMF tone, then 60 ms
+    /// of silence, played in the audio instead of the room's mix.
+    fn queue_inband(&mut self, d: char) {
+        let Some(mut samples) = goertzel::tone(d, 100) else {
+            return;
+        };
+        samples.extend(std::iter::repeat_n(0, 3 * FRAME_8K));
+        for frame in samples.chunks(FRAME_8K) {
+            self.inband_out.push_back(frame.to_vec());
+        }
+        tracing::info!(call_id = %self.call_id, digit = %d, "DTMF to the phone (in-band: no telephone-event negotiated)");
+    }
+
     async fn tick(&mut self, sock: &UdpSocket) {
         self.out_ts = self.out_ts.wrapping_add(FRAME_8K as u32);
         if !self.p.send {
             for (_, q) in self.downlinks.values_mut() {
                 q.clear();
             }
+            return;
+        }
+        if let Some(frame) = self.inband_out.pop_front() {
+            let payload: Vec<u8> = frame
+                .iter()
+                .map(|s| match self.p.neg.codec {
+                    crate::proto::sip::sdp::G711::Pcmu => crate::proto::sip::g711::ulaw_encode(*s),
+                    crate::proto::sip::sdp::G711::Pcma => crate::proto::sip::g711::alaw_encode(*s),
+                })
+                .collect();
+            for (_, q) in self.downlinks.values_mut() {
+                q.pop_front();
+            }
+            let (pt, marker, ts) = (self.p.neg.pt, self.marker, self.out_ts);
+            self.marker = false;
+            self.send_rtp(sock, pt, marker, ts, &payload).await;
             return;
         }
         if self.dtmf_packets.is_empty() && self.dtmf_gap > 0 {
@@ -556,7 +588,7 @@ impl Bridge {
                 d = dtmf_rx.recv() => {
                     if let Some(d) = d {
                         if self.p.neg.telephone_event.is_none() {
-                            tracing::info!(call_id = %self.call_id, digit = %d, "no telephone-event negotiated: DTMF to the phone dropped");
+                            self.queue_inband(d);
                         } else {
                             self.dtmf_queue.push_back(d);
                         }

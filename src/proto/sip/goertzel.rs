@@ -1,5 +1,6 @@
-//! In-band DTMF detection with the Goertzel algorithm (ITU-T Q.23/Q.24 frequencies), for trunks that negotiate no
-//! telephone-event. Input: 8 kHz 16-bit linear samples; blocks of [`BLOCK`] samples.
+//! In-band DTMF with the Goertzel algorithm (ITU-T Q.23/Q.24 frequencies), for trunks that negotiate no
+//! telephone-event: detection (input 8 kHz 16-bit linear samples, blocks of [`BLOCK`] samples) and generation
+//! ([`tone`], what the gateway plays to such a trunk for a browser's `sendDtmf`).
 //!
 //! A digit is reported once when the same row/column pair dominates two consecutive blocks, and again only after
 //! two blocks without it (so a long press is one digit).
@@ -28,6 +29,34 @@ fn goertzel(samples: &[f32], freq: f32) -> f32 {
         s1 = s;
     }
     s1 * s1 + s2 * s2 - coeff * s1 * s2
+}
+
+/// The two frequencies of a DTMF key (row, column), Hz; `None` for other characters.
+pub fn frequencies(key: char) -> Option<(f32, f32)> {
+    let key = key.to_ascii_uppercase();
+    KEYS.iter().enumerate().find_map(|(r, row)| {
+        row.iter()
+            .position(|k| *k == key)
+            .map(|c| (ROWS[r], COLS[c]))
+    })
+}
+
+/// `ms` milliseconds of the DTMF tone of `key` at 8 kHz: both frequencies at -10 dBFS each (ITU-T Q.23 levels
+/// are -6 to -12 dBm0 per frequency), starting at phase 0. `None` for a character that is not a key.
+pub fn tone(key: char, ms: u32) -> Option<Vec<i16>> {
+    let (row, col) = frequencies(key)?;
+    let amplitude = 32767.0 * 10f32.powf(-10.0 / 20.0);
+    let n = (ms as usize) * 8;
+    Some(
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / 8000.0;
+                let v = (2.0 * std::f32::consts::PI * row * t).sin()
+                    + (2.0 * std::f32::consts::PI * col * t).sin();
+                (amplitude * v).clamp(-32768.0, 32767.0) as i16
+            })
+            .collect(),
+    )
 }
 
 /// Streaming in-band detector.
@@ -182,5 +211,18 @@ mod tests {
             })
             .collect();
         assert!(d.push(&noise).is_empty());
+    }
+
+    #[test]
+    fn generated_tones_are_detected_as_their_key() {
+        for key in "0123456789*#ABCD".chars() {
+            let mut d = ToneDetector::new();
+            let mut samples = super::tone(key, 100).unwrap();
+            samples.extend(std::iter::repeat_n(0, 800));
+            assert_eq!(d.push(&samples), vec![key], "key {key}");
+        }
+        assert_eq!(super::tone('x', 100), None);
+        assert_eq!(frequencies('5'), Some((770.0, 1336.0)));
+        assert_eq!(super::tone('1', 100).unwrap().len(), 800);
     }
 }
