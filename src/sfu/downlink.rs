@@ -28,8 +28,10 @@
 //! The estimate str0m emits (`Event::EgressBitrateEstimate`) is an average over 3 s: after a
 //! probe that got through it takes seconds to climb. Lifting the cap and restarting the estimator
 //! go by the estimator's own value (`PeerStats::bwe_tx`, sampled with the stats) while it is
-//! fresh; samples from before the congestion do not count. The smoothed estimate still sets the
-//! layers' budget while constrained and is what shows congestion.
+//! fresh; samples from before the congestion do not count. A probe's result that the estimator
+//! drops again within half a second without loss (its loss controller still recovering) restarts
+//! it from that result. The smoothed estimate still sets the layers' budget while constrained and
+//! is what shows congestion.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -82,6 +84,10 @@ const RESET_INTERVAL: Duration = Duration::from_secs(2);
 /// times the estimate of a constrained link), while str0m's loss controller, recovering without
 /// probes, adds some 10–20 % a second, which would take 10 s from the lowest to the top layer.
 const STAGNANT_GROWTH: f64 = 1.5;
+
+/// An unsmoothed estimate that falls to this fraction or less of the previous sample, without
+/// loss, was a probe's result pulled back by str0m's loss controller ([`Downlink::on_peer_stats`]).
+const PULLED_BACK: f64 = 3.0;
 
 /// Slack on [`PROBE_INTERVAL`]: [`Downlink::targets`] is called about every 500 ms, not exactly.
 const PROBE_SLACK: Duration = Duration::from_millis(100);
@@ -251,16 +257,51 @@ impl Downlink {
             self.last_loss = (loss >= LOSSY_FRACTION).then_some(now);
             self.lost_since_probe |= self.last_loss.is_some();
         }
+        let previous = self.raw_estimate(now);
         if let Some(e) = estimate {
             self.raw = Some((now, e));
         }
+        // A probe's result that the estimator dropped again without loss: str0m's loss
+        // controller, still recovering from the congestion, pulls the estimate back down within
+        // half a second. Restart the estimator from what the probe found (its restarts keep
+        // their probes' results); a link still narrow loses the padding or probes that follow.
+        let pulled_back = previous
+            .zip(estimate)
+            .filter(|&(p, e)| p as f64 >= e as f64 * PULLED_BACK)
+            .map(|(p, _)| p);
+        let reset = pulled_back.filter(|_| {
+            self.constrained
+                && !self.lossy(now)
+                && self.hold_until.is_none_or(|t| now >= t)
+                && self
+                    .last_reset
+                    .is_none_or(|t| now.saturating_duration_since(t) >= RESET_INTERVAL)
+        });
+        if let Some(rate) = reset {
+            self.raw = Some((now, rate));
+            self.last_reset = Some(now);
+            self.last_probe = Some(now);
+            self.probed_estimate = Some(rate);
+            self.lost_since_probe = false;
+            // The check with padding starts over with the restarted estimator.
+            self.verifying = None;
+        }
         let was_verifying = self.verifying.is_some();
         self.release(now);
-        (!was_verifying && self.verifying.is_some()).then_some(BitrateTargets {
-            minimum: self.desired,
-            desired: self.desired,
-            reset: None,
-        })
+        let current = self.sending.back().map_or(0, |(_, r)| *r);
+        if self.verifying.is_some() && (!was_verifying || reset.is_some()) {
+            Some(BitrateTargets {
+                minimum: self.desired,
+                desired: self.desired,
+                reset,
+            })
+        } else {
+            reset.map(|_| BitrateTargets {
+                minimum: current,
+                desired: (self.desired as f64 * PROBE_HEADROOM) as u64,
+                reset,
+            })
+        }
     }
 
     /// Whether the subscriber lost packets within [`LOSS_HOLD`] (and no TWCC sample without loss
@@ -866,5 +907,67 @@ mod tests {
         // Two seconds on, a falling estimate below the rate sent is congestion again.
         d.targets(t0 + 2 * S, 300_000, 100_000, 1_500_000);
         assert!(d.on_estimate(t0 + 2 * S, 100_000));
+    }
+
+    #[test]
+    fn a_probe_result_pulled_back_without_loss_restarts_the_estimator_from_it() {
+        let t0 = Instant::now();
+        let mut d = sending_for_a_while(t0);
+        d.on_estimate(t0, 2_500_000);
+        d.targets(t0, 800_000, 150_000, 800_000);
+        assert!(d.on_estimate(t0 + S, 300_000));
+        d.targets(t0 + 3 * S, 150_000, 150_000, 800_000);
+        // The probe got through (1.86 Mbit/s covers 800 x 1.15: padding starts), then the
+        // estimator fell back to 136 kbit/s without loss.
+        let t = d.on_peer_stats(t0 + 3 * S + H, Some(1_860_000), Some(0.0));
+        assert_eq!(t.map(|t| (t.minimum, t.reset)), Some((800_000, None)));
+        let t = d.on_peer_stats(t0 + 4 * S, Some(136_000), Some(0.0));
+        assert_eq!(
+            t,
+            Some(BitrateTargets {
+                minimum: 800_000,
+                desired: 800_000,
+                reset: Some(1_860_000)
+            }),
+            "restarted from the probe's result, padding on"
+        );
+        d.on_peer_stats(t0 + 4 * S + H, Some(1_700_000), Some(0.0));
+        assert!(d.is_constrained());
+        d.on_peer_stats(t0 + 5 * S, Some(1_700_000), Some(0.0));
+        assert!(!d.is_constrained(), "a second of padding since the restart");
+        assert_eq!(d.budget(), None);
+    }
+
+    #[test]
+    fn a_pulled_back_estimate_below_the_preferred_layers_restarts_without_padding() {
+        let t0 = Instant::now();
+        let mut d = sending_for_a_while(t0);
+        d.on_estimate(t0, 2_500_000);
+        d.targets(t0, 800_000, 150_000, 800_000);
+        assert!(d.on_estimate(t0 + S, 300_000));
+        d.targets(t0 + 3 * S, 150_000, 150_000, 800_000);
+        assert_eq!(
+            d.on_peer_stats(t0 + 3 * S + H, Some(806_000), Some(0.0)),
+            None
+        );
+        let t = d.on_peer_stats(t0 + 4 * S, Some(145_000), Some(0.0));
+        assert_eq!(
+            t,
+            Some(BitrateTargets {
+                minimum: 150_000,
+                desired: 1_040_000,
+                reset: Some(806_000)
+            })
+        );
+        assert_eq!(
+            d.budget(),
+            Some(300_000),
+            "the budget does not follow the restart"
+        );
+        // Not again within 2 s of that restart, nor with loss.
+        d.on_peer_stats(t0 + 4 * S + H, Some(700_000), Some(0.0));
+        assert_eq!(d.on_peer_stats(t0 + 5 * S, Some(150_000), Some(0.0)), None);
+        d.on_peer_stats(t0 + 6 * S + H, Some(700_000), Some(0.0));
+        assert_eq!(d.on_peer_stats(t0 + 7 * S, Some(150_000), Some(0.1)), None);
     }
 }

@@ -1174,6 +1174,10 @@ impl Participant {
                     .downlink
                     .on_peer_stats(now, raw, s.egress_loss_fraction)
                 {
+                    if let Some(rate) = t.reset {
+                        debug!(participant = %self.id, rate, "bandwidth estimator restarted: probe result pulled back");
+                        self.rtc.bwe().reset(Bitrate::bps(rate));
+                    }
                     self.rtc
                         .bwe()
                         .set_bitrate(Bitrate::bps(t.minimum), Bitrate::bps(t.desired));
