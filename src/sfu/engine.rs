@@ -602,8 +602,9 @@ impl Sfu {
             .enable_h264(true)
             .enable_av1(true)
             .enable_bwe(Some(INITIAL_BITRATE_ESTIMATE))
-            // Stats events carry the RTCP feedback counters exported as metrics.
-            .set_stats_interval(Some(Duration::from_secs(1)))
+            // Stats events carry the RTCP feedback counters exported as metrics, and the TWCC
+            // loss and unsmoothed estimate of the downlink congestion control.
+            .set_stats_interval(Some(super::downlink::STATS_INTERVAL))
             .build(now);
         for c in &self.local_candidates {
             rtc.add_local_candidate(c.clone());

@@ -229,6 +229,9 @@ pub(crate) struct Participant {
     /// Last cumulative (NACK, PLI + FIR) counts str0m reported per (mid, rid, direction: true = egress), so each
     /// stats event adds only what is new to [`SfuStats`](super::SfuStats).
     feedback_seen: HashMap<(Mid, Option<Rid>, bool), (u64, u64)>,
+    /// Bytes sent to it (str0m's `PeerStats::peer_bytes_tx`) at the previous stats event, for
+    /// the rate logged while its downlink is constrained.
+    peer_bytes_tx: Option<(Instant, u64)>,
     /// Set once the connection is over; the engine then frees the participant.
     failure: Option<String>,
 }
@@ -277,6 +280,7 @@ impl Participant {
             dynacast: HashMap::new(),
             downlink: Downlink::default(),
             feedback_seen: HashMap::new(),
+            peer_bytes_tx: None,
             failure: None,
         }
     }
@@ -1159,6 +1163,34 @@ impl Participant {
                 let was_constrained = self.downlink.is_constrained();
                 if self.downlink.on_estimate(now, estimate) && !was_constrained {
                     debug!(participant = %self.id, estimate, "downlink congested");
+                }
+            }
+            // The estimator's unsmoothed value and the TWCC loss of the last second: faster than
+            // the smoothed estimate and the receiver reports (`Downlink::on_peer_stats`).
+            Event::PeerStats(s) => {
+                let raw = s.bwe_tx.map(|b| b.as_u64());
+                let was_constrained = self.downlink.is_constrained();
+                if let Some(t) = self
+                    .downlink
+                    .on_peer_stats(now, raw, s.egress_loss_fraction)
+                {
+                    if let Some(rate) = t.reset {
+                        debug!(participant = %self.id, rate, "bandwidth estimator restarted: probe result pulled back");
+                        self.rtc.bwe().reset(Bitrate::bps(rate));
+                    }
+                    self.rtc
+                        .bwe()
+                        .set_bitrate(Bitrate::bps(t.minimum), Bitrate::bps(t.desired));
+                }
+                let previous = self.peer_bytes_tx.replace((now, s.peer_bytes_tx));
+                if was_constrained {
+                    let sent = previous.map(|(t, b)| {
+                        let secs = now.saturating_duration_since(t).as_secs_f64().max(0.001);
+                        (s.peer_bytes_tx.saturating_sub(b) as f64 * 8.0 / secs) as u64
+                    });
+                    debug!(participant = %self.id, raw, loss = ?s.egress_loss_fraction, sent,
+                        estimate = ?self.downlink.estimate(),
+                        released = !self.downlink.is_constrained(), "downlink stats");
                 }
             }
             Event::KeyframeRequest(request) => {

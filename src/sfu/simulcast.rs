@@ -33,6 +33,10 @@ pub(crate) struct LayerView {
     pub(crate) height: u32,
     /// Measured over the last [`RATE_WINDOW`], in bit/s.
     pub(crate) bitrate: u64,
+    /// Whether `bitrate` was measured over a whole [`RATE_WINDOW`] of sending: not while the
+    /// layer is paused (dynacast), nor for that long after it resumed. A layer paused during the
+    /// publisher's start-up ramp keeps the low rate it had then.
+    pub(crate) measured: bool,
 }
 
 #[derive(Debug)]
@@ -48,6 +52,8 @@ struct LayerStats {
     paused: Option<u64>,
     /// Bitrate it had before a pause, used until its first frame after the pause.
     resuming: Option<u64>,
+    /// Its first frame after the last pause.
+    resumed_at: Option<Instant>,
 }
 
 /// The layers of one publisher m-line.
@@ -74,6 +80,7 @@ impl TrackLayers {
                     last_seen: at,
                     paused: None,
                     resuming: None,
+                    resumed_at: None,
                 });
                 self.layers.len() - 1
             }
@@ -84,7 +91,9 @@ impl TrackLayers {
         layer.last_seen = layer.last_seen.max(at);
         // A paused layer stays paused here: its frames may still be in flight, or the publisher
         // may not pause layers at all.
-        layer.resuming = None;
+        if layer.resuming.take().is_some() {
+            layer.resumed_at = Some(at);
+        }
         layer.window.push_back((at, data.data.len()));
         prune(layer, at);
         if data.is_keyframe()
@@ -116,6 +125,10 @@ impl TrackLayers {
                 width: l.width,
                 height: l.height,
                 bitrate: l.paused.or(l.resuming).unwrap_or_else(|| bitrate(l, now)),
+                measured: l.paused.is_none()
+                    && l.resuming.is_none()
+                    && l.resumed_at
+                        .is_none_or(|t| now.saturating_duration_since(t) >= RATE_WINDOW),
             })
             .collect();
         if views.iter().all(|v| v.width > 0 && v.height > 0) {
@@ -230,7 +243,7 @@ pub(crate) fn select(
     if let Some(budget) = budget {
         let current_index = current.and_then(|c| layers.iter().position(|l| l.rid == c));
         while index > 0 {
-            let needed = layers[index].bitrate as f64;
+            let needed = needed_rate(layers, index) as f64;
             let needed = if current_index.is_some_and(|c| index > c) {
                 needed * UPGRADE_HEADROOM
             } else {
@@ -245,6 +258,20 @@ pub(crate) fn select(
     layers.get(index).map(|l| l.rid)
 }
 
+/// The rate layer `index` needs, bit/s: its bitrate, and for a layer not [`LayerView::measured`]
+/// at least twice what the layer below needs (a larger picture costs more; a paused layer's rate
+/// may be from the publisher's start-up ramp), so that a budget does not resume it on a stale
+/// low rate.
+fn needed_rate(layers: &[LayerView], index: usize) -> u64 {
+    layers.iter().take(index + 1).fold(0, |below, l| {
+        if l.measured {
+            l.bitrate
+        } else {
+            l.bitrate.max(below * 2)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +282,7 @@ mod tests {
             width,
             height,
             bitrate,
+            measured: true,
         }
     }
 
@@ -308,5 +336,27 @@ mod tests {
         ];
         assert_eq!(vp8_keyframe_size(&delta), None);
         assert_eq!(vp8_keyframe_size(&key[..5]), None);
+    }
+
+    #[test]
+    fn a_budget_does_not_resume_a_layer_on_the_low_rate_it_was_paused_at() {
+        // h paused while the publisher ramped up: its recorded 100 kbit/s would fit 192.
+        let mut l = layers();
+        l[0].bitrate = 147_000;
+        l[1].bitrate = 100_000;
+        l[1].measured = false;
+        let q = Some(Rid::from("q"));
+        assert_eq!(select(&l, Some((1280, 720)), Some(192_000), q), q);
+        // Twice the layer below, with the switch-up headroom, fits: chosen.
+        assert_eq!(
+            select(&l, Some((1280, 720)), Some(340_000), q),
+            Some(Rid::from("h"))
+        );
+        // Measured again: its own rate counts.
+        l[1].measured = true;
+        assert_eq!(
+            select(&l, Some((1280, 720)), Some(192_000), q),
+            Some(Rid::from("h"))
+        );
     }
 }
