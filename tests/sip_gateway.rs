@@ -636,3 +636,27 @@ async fn tls_collect<S: tokio::io::AsyncRead + Unpin>(
     }
     out
 }
+
+/// Requests other than OPTIONS from an address no trunk allows get 403 even inside a dialog (a BYE, an UPDATE, a
+/// re-INVITE with a To tag): the trunk ACL is not only for dialog-creating INVITEs. OPTIONS is still answered.
+#[tokio::test]
+async fn untrusted_sources_get_403_for_in_dialog_requests_too() {
+    let s = sip_server(42600).await;
+    let (udp, _) = sip_addrs(&s);
+    let mut uac = Uac::new("127.0.0.2:0", udp).await;
+    uac.to_tag = Some("sbtag".into());
+    for method in ["BYE", "UPDATE", "INFO"] {
+        uac.send(&uac.request(method, ECHO, 2, method, "", ""))
+            .await;
+        let got = udp_until(&uac.sock, Duration::from_secs(2), |m| code(m) >= 200).await;
+        assert_eq!(codes(&got), [403], "{method}");
+    }
+    uac.invite(ECHO, &offer(4000, false)).await;
+    let got = udp_until(&uac.sock, Duration::from_secs(2), |m| code(m) >= 200).await;
+    assert_eq!(codes(&got), [403], "re-INVITE");
+    uac.send(&options(uac.sock.local_addr().unwrap(), "UDP", 9))
+        .await;
+    let got = udp_until(&uac.sock, Duration::from_secs(2), |m| code(m) >= 200).await;
+    assert_eq!(codes(&got), [200], "OPTIONS is answered to anyone");
+    s.running.shutdown().await;
+}

@@ -682,3 +682,137 @@ async fn a_tcp_trunk_carries_the_whole_dialog_and_an_unreachable_one_fails_over(
     assert_eq!(ports_in_use(&s), 0, "the RTP ports are freed");
     s.running.shutdown().await;
 }
+
+/// Hostile or broken carrier traffic inside an outbound call: a 200 from another address (or another transaction)
+/// does not answer the call; requests with tags of no dialog of ours get 481 and end nothing; an UPDATE offer gets
+/// 488 and a 5 s Session-Expires 422; a 200 without usable SDP is ACKed, ended with BYE and fails the call with 488.
+#[tokio::test]
+async fn forged_responses_foreign_tags_and_unusable_answers_do_not_take_over_an_outbound_call() {
+    let carrier = Carrier::new().await;
+    let forger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let s = server(48000, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    carrier.respond(gw, &invite, 180, "Ringing", "").await;
+    let answer = "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n";
+    // The INVITE's own 200, but sent from another socket: dropped.
+    let forged = ReplyBase::of(&invite).response(
+        200,
+        "OK",
+        Some("evil"),
+        &[
+            ("Contact", "<sip:evil@127.0.0.1:9>".to_string()),
+            ("Content-Type", "application/sdp".to_string()),
+        ],
+        answer.as_bytes(),
+    );
+    forger.send_to(&forged, gw).await.unwrap();
+    // From the carrier's address but for another branch: dropped too.
+    let other_branch =
+        String::from_utf8(forged.clone())
+            .unwrap()
+            .replacen(";branch=", ";branch=z9hG4bKother", 1);
+    carrier
+        .sock
+        .send_to(other_branch.as_bytes(), gw)
+        .await
+        .unwrap();
+    let connected = tokio::time::timeout(
+        Duration::from_millis(800),
+        alice.event(Duration::from_secs(1), state_event(&call_id, "Connected")),
+    )
+    .await;
+    assert!(connected.is_err(), "a forged 200 connected the call");
+
+    // The real 200 without any SDP (and no early media): no usable audio.
+    carrier.respond(gw, &invite, 200, "OK", "").await;
+    carrier.request("ACK").await;
+    let (bye, _) = carrier.request("BYE").await;
+    assert_eq!(bye.call_id(), invite.call_id());
+    let ev = ended(&mut alice, &call_id).await;
+    assert_eq!(ev["endReason"]["code"], 488, "{ev}");
+
+    // A second call that connects: foreign tags get 481, an UPDATE offer 488, a short Session-Expires 422.
+    let call_id = call(&mut alice, "+15550100").await;
+    let (invite, gw) = carrier.request("INVITE").await;
+    carrier.respond(gw, &invite, 200, "OK", answer).await;
+    carrier.request("ACK").await;
+    alice
+        .event(Duration::from_secs(5), state_event(&call_id, "Connected"))
+        .await;
+    let request = |method: &str, cseq: u32, from_tag: &str, extra: &str, body: &str| {
+        format!(
+            "{method} sip:switchboard@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {c};branch=z9hG4bK{method}{cseq}\r\nMax-Forwards: 70\r\nFrom: {to};tag={from_tag}\r\nTo: {from}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
+            c = carrier.addr(),
+            to = invite.header("To").unwrap(),
+            from = invite.header("From").unwrap(),
+            cid = invite.call_id().unwrap(),
+            len = body.len(),
+        )
+    };
+    for (req, cseq, want) in [
+        (request("BYE", 5, "stranger", "", ""), 5, 481),
+        (
+            request(
+                "UPDATE",
+                6,
+                "carrier1",
+                "Content-Type: application/sdp\r\n",
+                answer,
+            ),
+            6,
+            488,
+        ),
+        (
+            request("UPDATE", 7, "carrier1", "Session-Expires: 5\r\n", ""),
+            7,
+            422,
+        ),
+        (
+            request(
+                "UPDATE",
+                8,
+                "carrier1",
+                "Session-Expires: 1800;refresher=uas\r\n",
+                "",
+            ),
+            8,
+            200,
+        ),
+    ] {
+        carrier.sock.send_to(req.as_bytes(), gw).await.unwrap();
+        let r = carrier_response(&carrier, cseq).await;
+        assert_eq!(code_of(&r), want, "{req}");
+        if want == 200 {
+            assert_eq!(r.header("Session-Expires"), Some("1800;refresher=uas"));
+        }
+    }
+    let r = alice.request("mute", json!({ "callId": call_id })).await;
+    assert_eq!(r["ok"], true, "the call goes on: {r}");
+    s.running.shutdown().await;
+}
+
+fn code_of(m: &Message) -> u16 {
+    match m.start {
+        StartLine::Response { code, .. } => code,
+        _ => 0,
+    }
+}
+
+/// At most 8 phone numbers are dialled into one group call at once: the 9th `addParticipant` is refused.
+#[tokio::test]
+async fn add_participant_is_capped_per_call() {
+    let carrier = Carrier::new().await;
+    let s = server(48100, vec![trunk("carrier", carrier.addr(), "+1")]).await;
+    let mut alice = caller(&s).await;
+    let call_id = join(&mut alice, "3e9a7c1d-5b2f-4d8e-a6c4-1f0e9d8c7b6a").await;
+    for n in 0..8 {
+        let r = add_phone(&mut alice, &call_id, &format!("+1555020{n:04}")).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let r = add_phone(&mut alice, &call_id, "+15550299999").await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["code"], "TooManyCalls", "{r}");
+    s.running.shutdown().await;
+}

@@ -152,6 +152,11 @@ async fn a_short_interval_gets_422_and_a_refreshing_caller_keeps_the_call_until_
     assert_eq!(code(upd), 200);
     assert_eq!(upd.header("Session-Expires"), Some("90;refresher=uac"));
     assert_eq!(upd.header("Require"), Some("timer"));
+    // An UPDATE out of order (CSeq below the last one) is refused and refreshes nothing.
+    c.send(&c.request("UPDATE", 1, "Session-Expires: 90;refresher=uac\r\n", ""))
+        .await;
+    let got = udp_until(&c.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
+    assert_eq!(got.last().map(code), Some(500));
 
     // We stop refreshing: the gateway ends the session min(32, 90/3) = 30 s before the interval would (60 s).
     let bye = c

@@ -966,6 +966,12 @@ impl HubState {
             let msg = "that number is in the call already";
             return self.send(conn, ServerMessage::fail(id, "AlreadyJoined", msg));
         }
+        if self.dialing.values().filter(|c| *c == call_id).count() >= MAX_DIALING_PER_CALL {
+            let msg = format!(
+                "{MAX_DIALING_PER_CALL} phone numbers are being dialled into this call already"
+            );
+            return self.send(conn, ServerMessage::fail(id, "TooManyCalls", msg));
+        }
         let Some(dialer) = self.dialer_for(conn, &id, &number) else {
             return;
         };
@@ -1747,6 +1753,10 @@ fn participants_updated(
 
 /// Calls (ringing or connected) one connection may take part in at once.
 pub const MAX_CALLS_PER_CONNECTION: usize = 4;
+
+/// Phone numbers being dialled into one group call at once (`addParticipant`): each holds an RTP
+/// port pair and a trunk transaction until it answers or fails.
+pub const MAX_DIALING_PER_CALL: usize = 8;
 
 /// Most sending m-lines (tracks the client publishes) accepted in one client offer. The m-lines the
 /// SFU added to carry other participants' tracks (`recvonly` or `inactive` in a client's re-offer)

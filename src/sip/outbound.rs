@@ -78,6 +78,10 @@ pub struct OutCall {
     pub connection: Option<tokio_util::sync::DropGuard>,
     /// Credentials to send once the TCP connection is up (the INVITE waits for it).
     pub pending_auth: Option<(&'static str, String)>,
+    /// Highest CSeq of the trunk's requests in the dialog (re-INVITEs out of order get 500).
+    pub remote_cseq: u32,
+    /// The last call state reported to the hub (`Ringing`, `EarlyMedia`): repeats are not sent.
+    pub progress: Option<&'static str>,
     /// Forwards what the hub tells the phone leg to the UA.
     pub forwarder: tokio::task::JoinHandle<()>,
 }

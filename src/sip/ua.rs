@@ -323,8 +323,16 @@ impl Ua {
                 }
                 if let Ok((cseq, m)) = msg.cseq()
                     && m == "INVITE"
-                    && self.outs.contains_key(call_id)
+                    && let Some(out) = self.outs.get(call_id)
                 {
+                    // Only our INVITE's transaction (top Via branch) from the trunk it went to (RFC 3261
+                    // §17.1.3): a forged response from elsewhere must not answer the call.
+                    if top_branch(&msg).as_deref() != Some(out.branch.as_str())
+                        || peer.addr() != out.peer.addr()
+                    {
+                        tracing::info!(call_id, peer = %peer.addr(), code, "response to an outbound INVITE from another transaction or source: dropped");
+                        return;
+                    }
                     let call_id = call_id.to_string();
                     self.on_out_response(&msg, *code, &call_id, cseq).await;
                     return;
@@ -381,6 +389,23 @@ impl Ua {
             }
             return;
         }
+        // Requests inside dialogs (and CANCEL/ACK/BYE...) come from trusted trunks only; a dialog-creating
+        // INVITE gets its 403 from the router below, OPTIONS is answered to anyone (it carries no call).
+        let in_dialog_or_not_invite = method != "INVITE" || msg.to_tag().is_some();
+        if in_dialog_or_not_invite
+            && method != "OPTIONS"
+            && self.settings.router.trunk_for(peer.addr().ip()).is_none()
+        {
+            tracing::debug!(peer = %peer.addr(), method = %method, "request from an address no trunk allows: 403");
+            metrics::counter!("switchboard_sip_rejected_total", "reason" => "forbidden")
+                .increment(1);
+            if method != "ACK" {
+                let base = ReplyBase::of(&msg);
+                self.reply(&peer, &base, (403, "Forbidden"), Some(&tag()), &[], b"")
+                    .await;
+            }
+            return;
+        }
         // The stack underneath types the Request-URI. It keeps %-escapes in the user part, so compare after
         // unescaping (RFC 3261 §19.1.4, case C003).
         let dialled = match rsipstack::sip::SipMessage::try_from(data.as_slice()) {
@@ -403,6 +428,19 @@ impl Ua {
         let Ok((cseq, _)) = msg.cseq() else { return };
         let base = ReplyBase::of(&msg);
         match method.as_str() {
+            "INVITE" | "BYE" | "INFO" | "UPDATE"
+                if self.outs.contains_key(&call_id) && !self.out_dialog_matches(&msg, &call_id) =>
+            {
+                // A Call-ID of one of our outbound calls with tags of no dialog of ours (a new INVITE reusing
+                // it, a forged request): not this dialog (RFC 3261 §12.2.2).
+                let status = if method == "INVITE" && msg.to_tag().is_none() {
+                    (400, "Bad Request")
+                } else {
+                    (481, "Call/Transaction Does Not Exist")
+                };
+                self.reply(&peer, &base, status, Some(&tag()), &[], b"")
+                    .await;
+            }
             "INVITE" if self.outs.contains_key(&call_id) => {
                 self.out_reinvite(&msg, base, peer, &call_id, cseq).await
             }
@@ -1121,43 +1159,68 @@ impl Ua {
         }
         let now = Instant::now();
         let contact = self.contact(&peer);
+        let offer_refused = || {
+            let warning = "399 switchboard \"offers in UPDATE are not supported: use re-INVITE\"";
+            (
+                (488, "Not Acceptable Here"),
+                vec![("Warning", warning.to_string())],
+            )
+        };
         let (status, extra): ((u16, &str), Vec<(&str, String)>) = if self.outs.contains_key(call_id)
         {
-            let mut extra = vec![("Contact", contact), ("Supported", SUPPORTED.to_string())];
-            if let Some(se) = msg.header("Session-Expires") {
-                extra.push(("Session-Expires", se.to_string()));
+            // The trunk refreshes our outbound call (its tags were checked by the dispatcher).
+            let se = msg
+                .header("Session-Expires")
+                .and_then(timer::parse_session_expires);
+            if !msg.body.is_empty() {
+                offer_refused()
+            } else if se.is_some_and(|se| se.interval < timer::MIN_SE) {
+                (too_small(), min_se_header(timer::MIN_SE).to_vec())
+            } else {
+                let mut extra = vec![("Contact", contact), ("Supported", SUPPORTED.to_string())];
+                if let Some(se) = se {
+                    // Echoed as parsed (RFC 4028 §9): they stay the refresher.
+                    let value = match se.refresher {
+                        Some(r) => format!("{};refresher={}", se.interval, r.as_str()),
+                        None => se.interval.to_string(),
+                    };
+                    extra.push(("Session-Expires", value));
+                }
+                ((200, "OK"), extra)
             }
-            ((200, "OK"), extra)
         } else {
             match self.calls.get_mut(call_id) {
                 Some(c)
                     if msg.to_tag().as_deref() == Some(c.local_tag.as_str())
+                        && msg.from_tag() == message::header_param(&c.base.from, "tag")
                         && c.state == State::Answered =>
                 {
-                    c.remote_cseq = c.remote_cseq.max(cseq);
-                    if !msg.body.is_empty() {
+                    if cseq <= c.remote_cseq {
+                        // Out of order (RFC 3261 §12.2.2).
                         (
-                            (488, "Not Acceptable Here"),
-                            vec![(
-                                "Warning",
-                                "399 switchboard \"offers in UPDATE are not supported: use re-INVITE\"".to_string(),
-                            )],
+                            (500, "Server Internal Error"),
+                            vec![("Retry-After", "1".to_string())],
                         )
                     } else {
-                        match session_timer(msg) {
-                            UasDecision::TooSmall { min_se } => {
-                                (too_small(), min_se_header(min_se).to_vec())
-                            }
-                            decision => {
-                                c.timer = match decision {
-                                    UasDecision::Use { timer, require } => {
-                                        Some(SessionTimer::new(timer, require, now))
-                                    }
-                                    _ => None,
-                                };
-                                let mut extra = vec![("Contact", contact)];
-                                extra.extend(timer_headers(c.timer.as_ref()));
-                                ((200, "OK"), extra)
+                        c.remote_cseq = cseq;
+                        if !msg.body.is_empty() {
+                            offer_refused()
+                        } else {
+                            match session_timer(msg) {
+                                UasDecision::TooSmall { min_se } => {
+                                    (too_small(), min_se_header(min_se).to_vec())
+                                }
+                                decision => {
+                                    c.timer = match decision {
+                                        UasDecision::Use { timer, require } => {
+                                            Some(SessionTimer::new(timer, require, now))
+                                        }
+                                        _ => None,
+                                    };
+                                    let mut extra = vec![("Contact", contact)];
+                                    extra.extend(timer_headers(c.timer.as_ref()));
+                                    ((200, "OK"), extra)
+                                }
                             }
                         }
                     }
@@ -1702,6 +1765,8 @@ impl Ua {
             sdp_version: 1,
             connection: None,
             pending_auth: None,
+            remote_cseq: 0,
+            progress: None,
             media: None,
             forwarder,
         };
@@ -1989,6 +2054,14 @@ impl Ua {
                     self.out_start_media(call_id, msg);
                 }
                 let state = if has_sdp { "EarlyMedia" } else { "Ringing" };
+                // Repeated 18x (retransmitted or a chatty trunk) are reported once per state.
+                let Some(out) = self.outs.get_mut(call_id) else {
+                    return;
+                };
+                if out.progress == Some(state) {
+                    return;
+                }
+                out.progress = Some(state);
                 tracing::info!(call_id, code, state, "outbound call progress");
                 if let Some(h) = hub {
                     h.send(HubCommand::PhoneProgress {
@@ -2024,6 +2097,26 @@ impl Ua {
                 let Some(out) = self.outs.get_mut(call_id) else {
                     return;
                 };
+                if out.media.is_none() {
+                    // No SDP answer, an unparsable one or no common codec (and no early media): a call
+                    // without audio is no call. ACKed above, ended with BYE; the caller sees 488.
+                    tracing::info!(call_id, "answer without usable media: BYE");
+                    let (hub_call, conn) = (out.hub_call_id.clone(), out.conn);
+                    if let Some(h) = hub {
+                        // Before the BYE, whose clean-up unregisters the phone leg.
+                        h.send(HubCommand::PhoneFailed {
+                            call_id: hub_call,
+                            conn,
+                            reason: crate::proto::signal::EndReason::new(
+                                488,
+                                0,
+                                "the phone answered without usable audio",
+                            ),
+                        });
+                    }
+                    self.out_bye(call_id).await;
+                    return;
+                }
                 out.state = OutState::Connected;
                 tracing::info!(call_id, hub_call_id = %out.hub_call_id, "outbound call answered");
                 if let Some(h) = hub {
@@ -2225,6 +2318,18 @@ impl Ua {
         }
     }
 
+    /// Whether a request from the trunk belongs to outbound call `call_id`'s dialog: To carries our
+    /// tag, From the trunk's (RFC 3261 §12.2.2).
+    fn out_dialog_matches(&self, msg: &Message, call_id: &str) -> bool {
+        let Some(out) = self.outs.get(call_id) else {
+            return false;
+        };
+        let theirs = message::header_param(&out.remote_to, "tag");
+        msg.to_tag().as_deref() == Some(out.local_tag.as_str())
+            && theirs.is_some()
+            && msg.from_tag() == theirs
+    }
+
     /// A re-INVITE from the trunk inside an outbound call: hold/resume, a session refresh (RFC
     /// 4028), a new media address. Its offer is negotiated with the trunk's codecs and the media
     /// follows it (`sendonly` -> we answer `recvonly` and stop sending); without an offer our 200
@@ -2256,12 +2361,28 @@ impl Ua {
         let Some(out) = self.outs.get_mut(call_id) else {
             return;
         };
-        if out.state != OutState::Connected || out.neg.is_none() {
+        let unacked = self.out_reinvite_oks.contains_key(call_id);
+        if out.state != OutState::Connected || out.neg.is_none() || unacked {
+            // Ringing still, or our 200 to the previous re-INVITE not ACKed yet (RFC 3261 §14.2).
             let tag = out.local_tag.clone();
             self.reply(&peer, &base, (491, "Request Pending"), Some(&tag), &[], b"")
                 .await;
             return;
         }
+        if cseq <= out.remote_cseq {
+            let tag = out.local_tag.clone();
+            self.reply(
+                &peer,
+                &base,
+                (500, "Server Internal Error"),
+                Some(&tag),
+                &[("Retry-After", "1".into())],
+                b"",
+            )
+            .await;
+            return;
+        }
+        out.remote_cseq = cseq;
         let body = match body_sdp(msg) {
             Some(Ok(offer)) => match sdp::negotiate(&offer, &codecs) {
                 Ok(neg) => {
@@ -2514,6 +2635,15 @@ impl Ua {
         }
         metrics::gauge!("switchboard_sip_calls_active").set(self.calls.len() as f64);
     }
+}
+
+/// The `branch` of a message's top Via.
+fn top_branch(msg: &Message) -> Option<String> {
+    let first = message::split_list(msg.header("Via")?).into_iter().next()?;
+    message::Via::parse(&first)
+        .ok()?
+        .branch()
+        .map(str::to_string)
 }
 
 /// RFC 4028 §9 for a dialog-creating or refreshing request: its `Session-Expires`, `Min-SE`, and

@@ -2,9 +2,9 @@
 //! one, who refreshes it, and when a refresh is due or the session has expired. Sans-IO: headers in,
 //! decisions and instants out; the UA sends the requests.
 //!
-//! - The INVITE's `Session-Expires` (seconds, optional `refresher=uac|uas`) is kept when it is at
-//!   least [`MIN_SE`] and at least the request's `Min-SE`; a smaller one gets `422 Session Interval
-//!   Too Small` with `Min-SE: 90` (§9).
+//! - The INVITE's `Session-Expires` (seconds, optional `refresher=uac|uas`) is kept as it is (a UAS
+//!   never raises it) when it is at least [`MIN_SE`]; a smaller one gets `422 Session Interval Too
+//!   Small` with `Min-SE` the larger of 90 and the request's own (§9).
 //! - A caller that supports the extension (`Supported: timer`) refreshes itself unless it asked us
 //!   to (`refresher=uas`); the 2xx then carries `Require: timer`. A caller that does not support it
 //!   (a proxy inserted the header) leaves refreshing to us (§9: `refresher=uas`, no `Require`).
@@ -117,9 +117,10 @@ pub fn negotiate_uas(
         (true, Some(r)) => r,
         (true, None) => Refresher::Uac,
     };
+    // The UAS must not raise the interval (§9), whatever the request's Min-SE says.
     UasDecision::Use {
         timer: SessionExpires {
-            interval: se.interval.max(floor),
+            interval: se.interval,
             refresher: Some(refresher),
         },
         require: uac_supports_timer,
@@ -277,11 +278,19 @@ mod tests {
             negotiate_uas(Some("60"), Some("120"), true),
             UasDecision::TooSmall { min_se: 120 }
         );
-        // An interval below the request's own Min-SE (a proxy raised it) is raised to it.
+        // The interval is never raised (§9: a UAS must not increase it), whatever the request's Min-SE says;
+        // a huge Min-SE cannot stretch the session beyond what the caller asked.
         assert!(matches!(
             negotiate_uas(Some("100"), Some("120"), true),
             UasDecision::Use {
-                timer: SessionExpires { interval: 120, .. },
+                timer: SessionExpires { interval: 100, .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            negotiate_uas(Some("90"), Some("4294967295"), true),
+            UasDecision::Use {
+                timer: SessionExpires { interval: 90, .. },
                 ..
             }
         ));
