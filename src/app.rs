@@ -373,6 +373,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 port: config.sip.port,
                 tls,
                 rtp_ports: (config.sip.rtp_port_min, config.sip.rtp_port_max),
+                rtp_timeout: std::time::Duration::from_secs(config.sip.rtp_timeout_secs),
                 advertise: config.public_ip,
                 router,
                 bridge: Some(crate::sip::bridge::BridgeDeps {

@@ -59,6 +59,10 @@ pub struct SipConfig {
     pub rtp_port_min: u16,
     /// Last port of the RTP/RTCP range (20999).
     pub rtp_port_max: u16,
+    /// An answered call whose phone side sends no RTP for this long (seconds) is ended with BYE, as
+    /// a phone that vanished without one would otherwise hold its dialog and port forever (120;
+    /// 0 disables). Calls the phone put on hold (`sendonly`/`inactive`) are exempt.
+    pub rtp_timeout_secs: u64,
     /// Trunks: carriers, PBXs, SBCs.
     pub trunks: Vec<crate::proto::sip::route::TrunkConfig>,
     /// Owned numbers and their routes.
@@ -73,6 +77,7 @@ impl Default for SipConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             rtp_port_min: 20000,
             rtp_port_max: 20999,
+            rtp_timeout_secs: 120,
             trunks: Vec::new(),
             numbers: Vec::new(),
         }

@@ -660,3 +660,71 @@ async fn untrusted_sources_get_403_for_in_dialog_requests_too() {
     assert_eq!(codes(&got), [200], "OPTIONS is answered to anyone");
     s.running.shutdown().await;
 }
+
+/// A phone that stops sending RTP in an answered call (it vanished without a BYE) is hung up after
+/// `sip.rtp_timeout_secs` (2 s here): no BYE while its RTP flows, a BYE once it has been silent that long.
+#[tokio::test]
+async fn a_phone_silent_for_the_rtp_timeout_is_hung_up() {
+    let s = sip_server_with(42700, |c| c.sip.rtp_timeout_secs = 2).await;
+    let (udp, _) = sip_addrs(&s);
+    let mut uac = Uac::new("127.0.0.1:0", udp).await;
+    let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    uac.invite(ECHO, &offer(media.local_addr().unwrap().port(), false))
+        .await;
+    let got = udp_until(&uac.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
+    let ok = got.last().expect("a final response");
+    assert_eq!(code(ok), 200);
+    uac.to_tag = ok.to_tag();
+    let port = String::from_utf8_lossy(&ok.body)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("m=audio ")
+                .map(|r| r.split(' ').next().unwrap_or("").to_string())
+        })
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("an m=audio port");
+    let gw_rtp = SocketAddr::from(([127, 0, 0, 1], port));
+    uac.send(&uac.request("ACK", ECHO, 1, "ACK", "", "")).await;
+    // 3.5 s of RTP every 100 ms: longer than the timeout, and no BYE.
+    let payload = vec![0xffu8; 160];
+    for n in 0..35u16 {
+        media
+            .send_to(
+                &rtp::write(n == 0, 0, n, u32::from(n) * 160, 0x77, &payload),
+                gw_rtp,
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let early = udp_collect(&uac.sock, Duration::from_millis(10)).await;
+    assert!(
+        early.iter().all(|m| m.method() != Some("BYE")),
+        "no BYE while RTP flows"
+    );
+    let silent = std::time::Instant::now();
+    let got = udp_until(&uac.sock, Duration::from_secs(6), |m| {
+        m.method() == Some("BYE")
+    })
+    .await;
+    assert!(
+        got.iter().any(|m| m.method() == Some("BYE")),
+        "BYE after the phone went silent"
+    );
+    let after = silent.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500),
+        "BYE only after the timeout: {after:?}"
+    );
+    assert_eq!(
+        counter(&s, "switchboard_sip_rtp_timeouts_total", &[]).await,
+        1.0
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.running.sip.as_ref().unwrap().ports.in_use(),
+        0,
+        "the RTP port is freed"
+    );
+    s.running.shutdown().await;
+}

@@ -23,7 +23,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::media::{
-    DtmfSource, JITTER_DEPTH, Lease, MediaParams, MediaSession, RTCP_INTERVAL, RtpLeg, report_dtmf,
+    DtmfSource, JITTER_DEPTH, Lease, MediaParams, MediaSession, RTCP_INTERVAL, RtpActivity, RtpLeg,
+    report_dtmf,
 };
 use super::transcode::{self, Downlink, FRAME_8K, Uplink};
 use crate::proto::signal::{ClientMessage, Target};
@@ -286,16 +287,18 @@ pub fn start_media(
             let _ = audio_tx.try_send(a);
         }),
     );
+    let activity = RtpActivity::new();
+    let leg_activity = activity.clone();
     let task = tokio::spawn(async move {
         let _lease = lease;
-        match Bridge::new(sip_call_id.clone(), params, link) {
+        match Bridge::new(sip_call_id.clone(), params, link, leg_activity) {
             Ok(b) => b.run(rtp_sock, rtcp_sock, rx, dtmf_rx, audio_rx).await,
             Err(e) => {
                 tracing::warn!(call_id = %sip_call_id, error = %e, "bridge codecs unavailable: no media")
             }
         }
     });
-    Ok(MediaSession::from_parts(port, tx, task, dtmf_tx))
+    Ok(MediaSession::from_parts(port, activity, tx, task, dtmf_tx))
 }
 
 struct Bridge {
@@ -326,10 +329,11 @@ impl Bridge {
         call_id: String,
         p: MediaParams,
         link: BridgeMedia,
+        activity: std::sync::Arc<RtpActivity>,
     ) -> Result<Bridge, transcode::TranscodeError> {
         let uplink = Uplink::new(p.neg.codec)?;
         Ok(Bridge {
-            leg: RtpLeg::new(&call_id, &p),
+            leg: RtpLeg::new(&call_id, &p, activity),
             call_id,
             p,
             link,

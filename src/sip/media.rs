@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -175,6 +176,7 @@ pub fn report_dtmf(call_id: &str, event: ToneEvent, source: DtmfSource, duration
 pub struct MediaSession {
     /// Our RTP port (RTCP is the next one).
     pub port: u16,
+    activity: Arc<RtpActivity>,
     tx: mpsc::UnboundedSender<MediaParams>,
     task: tokio::task::JoinHandle<()>,
     /// DTMF to play to the SIP peer (bridged sessions only).
@@ -188,6 +190,11 @@ impl Drop for MediaSession {
 }
 
 impl MediaSession {
+    /// How long the phone has sent no RTP (since the session started when it never did).
+    pub fn rtp_silence(&self, now: Instant) -> Duration {
+        self.activity.silent_for(now)
+    }
+
     /// Applies new parameters (re-INVITE: hold, resume, new address).
     pub fn update(&self, p: MediaParams) {
         let _ = self.tx.send(p);
@@ -202,14 +209,16 @@ impl MediaSession {
     }
 
     /// A session run by another task of this module tree (the bridge).
-    pub(crate) fn from_parts(
+    pub(super) fn from_parts(
         port: u16,
+        activity: Arc<RtpActivity>,
         tx: mpsc::UnboundedSender<MediaParams>,
         task: tokio::task::JoinHandle<()>,
         dtmf: mpsc::UnboundedSender<char>,
     ) -> MediaSession {
         MediaSession {
             port,
+            activity,
             tx,
             task,
             dtmf: Some(dtmf),
@@ -232,12 +241,17 @@ impl MediaSession {
         let rtp = UdpSocket::from_std(rtp_std)?;
         let rtcp = UdpSocket::from_std(rtcp_std)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let activity = RtpActivity::new();
+        let leg_activity = activity.clone();
         let task = tokio::spawn(async move {
             let _lease = lease;
-            Echo::new(call_id, params).run(rtp, rtcp, rx).await;
+            Echo::new(call_id, params, leg_activity)
+                .run(rtp, rtcp, rx)
+                .await;
         });
         Ok(MediaSession {
             port,
+            activity,
             tx,
             task,
             dtmf: None,
@@ -250,6 +264,34 @@ struct Queued {
     timestamp: u32,
     ssrc: u32,
     payload: Vec<u8>,
+}
+
+/// When the phone last sent RTP, shared by a media session's task (writer) and the UA (reader, for
+/// the RTP inactivity timeout).
+#[derive(Debug)]
+pub(super) struct RtpActivity {
+    started: Instant,
+    /// Milliseconds after `started` of the last RTP packet (0: none yet).
+    last_ms: AtomicU64,
+}
+
+impl RtpActivity {
+    pub(super) fn new() -> Arc<RtpActivity> {
+        Arc::new(RtpActivity {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self, now: Instant) -> Duration {
+        let last = self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
 }
 
 /// One RTP/RTCP leg towards a phone (RFC 3550), shared by the echo line and the bridge: where RTP
@@ -273,12 +315,15 @@ pub(super) struct RtpLeg {
     pub(super) received: u64,
     stats: ReceiverStats,
     started: Instant,
+    activity: Arc<RtpActivity>,
 }
 
 impl RtpLeg {
-    /// A leg to the addresses `p` negotiated, random SSRC and first sequence number.
-    pub(super) fn new(call_id: &str, p: &MediaParams) -> RtpLeg {
+    /// A leg to the addresses `p` negotiated, random SSRC and first sequence number; received RTP
+    /// is noted in `activity`.
+    pub(super) fn new(call_id: &str, p: &MediaParams, activity: Arc<RtpActivity>) -> RtpLeg {
         RtpLeg {
+            activity,
             call_id: call_id.to_string(),
             rtp_to: p.neg.remote_rtp,
             rtcp_to: p.neg.remote_rtcp,
@@ -336,6 +381,7 @@ impl RtpLeg {
             self.latched = true;
         }
         self.received += 1;
+        self.activity.touch(now);
         metrics::counter!("switchboard_sip_rtp_packets_total", "direction" => "received")
             .increment(1);
         let arrival =
@@ -424,9 +470,9 @@ pub(crate) fn ntp_now() -> u64 {
 }
 
 impl Echo {
-    fn new(call_id: String, p: MediaParams) -> Echo {
+    fn new(call_id: String, p: MediaParams, activity: Arc<RtpActivity>) -> Echo {
         Echo {
-            leg: RtpLeg::new(&call_id, &p),
+            leg: RtpLeg::new(&call_id, &p, activity),
             call_id,
             p,
             restamp: rtp::Restamper::new(rand::random::<u32>(), 160),

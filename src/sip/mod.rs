@@ -60,6 +60,8 @@ pub struct SipSettings {
     pub router: Router,
     /// The call hub and the SFU, for numbers routed to a `user` (`None`: such numbers answer 480).
     pub bridge: Option<bridge::BridgeDeps>,
+    /// No RTP from the phone for this long ends an answered call (zero: never).
+    pub rtp_timeout: std::time::Duration,
 }
 
 /// A running gateway.
@@ -104,6 +106,7 @@ pub async fn start(s: SipSettings, stop: CancellationToken) -> Result<SipGateway
             sip_port: udp_addr.port(),
             keepalive,
             bridge: s.bridge,
+            rtp_timeout: s.rtp_timeout,
         },
         udp.clone(),
         ports.clone(),

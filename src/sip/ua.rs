@@ -56,6 +56,8 @@ pub struct UaSettings {
     pub keepalive: Vec<(String, std::net::SocketAddr, Duration)>,
     /// The call hub and the SFU, for numbers routed to a `user` (without them such numbers answer 480).
     pub bridge: Option<BridgeDeps>,
+    /// No RTP from the phone for this long ends an answered call with BYE (zero: never).
+    pub rtp_timeout: Duration,
 }
 
 struct Probe {
@@ -1653,6 +1655,48 @@ impl Ua {
         }
     }
 
+    /// Answered calls (both directions) whose phone sent no RTP for `rtp_timeout` while the session
+    /// says it sends (`sendrecv`; a phone holding the call is exempt): it vanished without a BYE, so
+    /// we send one and free the dialog and its ports.
+    async fn rtp_timeouts(&mut self, now: Instant) {
+        let limit = self.settings.rtp_timeout;
+        if limit.is_zero() {
+            return;
+        }
+        let silent = |neg: &Negotiated, media: &MediaSession| {
+            neg.offered == sdp::Direction::SendRecv && media.rtp_silence(now) >= limit
+        };
+        let inbound: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                c.state == State::Answered && c.media.as_ref().is_some_and(|m| silent(&c.neg, m))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let outbound: Vec<String> = self
+            .outs
+            .iter()
+            .filter(|(_, o)| {
+                o.state == OutState::Connected
+                    && matches!((&o.neg, &o.media), (Some(n), Some(m)) if silent(n, m))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &inbound {
+            tracing::info!(call_id = %id, timeout_s = limit.as_secs(), "no RTP from the phone: BYE");
+            self.send_bye(id).await;
+        }
+        for id in &outbound {
+            tracing::info!(call_id = %id, timeout_s = limit.as_secs(), "no RTP from the phone: BYE");
+            self.out_bye(id).await;
+        }
+        let n = (inbound.len() + outbound.len()) as u64;
+        if n > 0 {
+            metrics::counter!("switchboard_sip_rtp_timeouts_total").increment(n);
+        }
+    }
+
     /// Session timers of answered inbound dialogs: our refreshes when due, their retransmissions
     /// and timeouts, and BYE for sessions that expired without a refresh.
     async fn session_timers(&mut self, now: Instant) {
@@ -2578,6 +2622,7 @@ impl Ua {
         self.keepalives(now).await;
         self.out_timers(now).await;
         self.session_timers(now).await;
+        self.rtp_timeouts(now).await;
         self.out_reinvite_oks
             .retain(|_, (_, _, r)| now < r.deadline);
         let mut resend = Vec::new();
