@@ -1818,6 +1818,31 @@ impl Ua {
         self.send_invite(&sip_call_id, None).await;
     }
 
+    /// A request of outbound call `call_id` (`(method, CSeq, branch)`) to `uri`: our Via, From with
+    /// our tag and Contact ([`outbound::request`]).
+    #[allow(clippy::too_many_arguments)]
+    fn out_request(
+        &self,
+        call_id: &str,
+        out: &OutCall,
+        (method, cseq, branch): (&str, u32, &str),
+        uri: &str,
+        to: &str,
+        extra: &[(String, String)],
+        body: Option<(&str, &str)>,
+    ) -> Vec<u8> {
+        let (via, from, _, _) = self.out_addressing(out);
+        let contact = self.contact(&out.peer);
+        let headers = outbound::Headers {
+            via_sent_by: &via,
+            from: &from,
+            tag: &out.local_tag,
+            call_id,
+            contact: &contact,
+        };
+        outbound::request(&headers, method, uri, to, cseq, branch, extra, body)
+    }
+
     /// The `Via` sent-by, From, To and Request-URI of an outbound call on its current trunk.
     fn out_addressing(&self, out: &OutCall) -> (String, String, String, String) {
         let ip = self.local_ip(out.peer.addr().ip());
@@ -1893,29 +1918,20 @@ impl Ua {
         let Some(out) = self.outs.get(call_id) else {
             return;
         };
-        let (via, from, to, uri) = self.out_addressing(out);
-        let contact = self.contact(&out.peer);
+        let (_, _, to, uri) = self.out_addressing(out);
         let session = u64::from(out.cseq) << 8;
         let sdp = outbound::offer_sdp(local, out.port, &trunk.codecs, session, 1);
-        let headers = outbound::Headers {
-            via_sent_by: &via,
-            from: &from,
-            tag: &out.local_tag,
-            call_id,
-            contact: &contact,
-        };
         let extra: Vec<(String, String)> = auth
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .chain([("Allow".to_string(), ALLOW.to_string())])
             .collect();
-        let bytes = outbound::request(
-            &headers,
-            "INVITE",
+        let bytes = self.out_request(
+            call_id,
+            out,
+            ("INVITE", out.cseq, &out.branch),
             &uri,
             &to,
-            out.cseq,
-            &out.branch,
             &extra,
             Some(("application/sdp", &sdp)),
         );
@@ -1967,16 +1983,16 @@ impl Ua {
         let Some(out) = self.outs.get(call_id) else {
             return;
         };
-        let (via, from, _, uri) = self.out_addressing(out);
-        let contact = self.contact(&out.peer);
-        let headers = outbound::Headers {
-            via_sent_by: &via,
-            from: &from,
-            tag: &out.local_tag,
+        let (_, _, _, uri) = self.out_addressing(out);
+        let bytes = self.out_request(
             call_id,
-            contact: &contact,
-        };
-        let bytes = outbound::request(&headers, "ACK", &uri, to, out.cseq, &out.branch, &[], None);
+            out,
+            ("ACK", out.cseq, &out.branch),
+            &uri,
+            to,
+            &[],
+            None,
+        );
         let peer = out.peer.clone();
         self.send(&peer, &bytes).await;
     }
@@ -1987,29 +2003,20 @@ impl Ua {
         let Some(out) = self.outs.get(call_id) else {
             return Vec::new();
         };
-        let (via, from, _, uri) = self.out_addressing(out);
-        let contact = self.contact(&out.peer);
+        let (_, _, _, uri) = self.out_addressing(out);
         let target = out.remote_target.clone().unwrap_or(uri);
-        let headers = outbound::Headers {
-            via_sent_by: &via,
-            from: &from,
-            tag: &out.local_tag,
-            call_id,
-            contact: &contact,
-        };
         let routes: Vec<(String, String)> = out
             .route_set
             .iter()
             .map(|r| ("Route".to_string(), r.clone()))
             .collect();
         let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
-        let bytes = outbound::request(
-            &headers,
-            method,
+        let bytes = self.out_request(
+            call_id,
+            out,
+            (method, cseq, &branch),
             &target,
             &out.remote_to,
-            cseq,
-            &branch,
             &routes,
             None,
         );
@@ -2307,22 +2314,13 @@ impl Ua {
                 call_id: hub_call, ..
             } if hub_call == out.hub_call_id && out.state != OutState::Connected => {
                 // The caller hung up (or nobody answered in time) before the phone answered: CANCEL (§9.1).
-                let (via, from, to, uri) = self.out_addressing(out);
-                let contact = self.contact(&out.peer);
-                let headers = outbound::Headers {
-                    via_sent_by: &via,
-                    from: &from,
-                    tag: &out.local_tag,
+                let (_, _, to, uri) = self.out_addressing(out);
+                let bytes = self.out_request(
                     call_id,
-                    contact: &contact,
-                };
-                let bytes = outbound::request(
-                    &headers,
-                    "CANCEL",
+                    out,
+                    ("CANCEL", out.cseq, &out.branch),
                     &uri,
                     &to,
-                    out.cseq,
-                    &out.branch,
                     &[],
                     None,
                 );

@@ -20,7 +20,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import { browserSlot, launchBrowser } from "./lib/browser.mjs";
-import { demoSignIn, freePorts, repoRoot, startServer } from "./lib/server.mjs";
+import { demoSignIn, freePorts, repoRoot, sipSection, startServer } from "./lib/server.mjs";
 import { pollUntil, sleep } from "./lib/util.mjs";
 
 const NUMBER = "+15550100";
@@ -265,13 +265,7 @@ describe("SIP gateway: a phone call bridged to a browser", { skip: !tools && "si
     const config = path.join(dataDir, "switchboard.toml");
     fs.writeFileSync(
       config,
-      `[sip]
-port = ${sipPort}
-tls_port = 0
-bind = "127.0.0.1"
-rtp_port_min = ${rtpMin}
-rtp_port_max = ${rtpMin + 99}
-[[sip.trunks]]
+      `${sipSection(sipPort, rtpMin)}[[sip.trunks]]
 name = "local"
 address = "127.0.0.1:5070"
 allow = ["127.0.0.1"]

@@ -18,7 +18,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import { browserSlot, launchBrowser } from "./lib/browser.mjs";
-import { demoSignIn, freePorts, repoRoot, startServer } from "./lib/server.mjs";
+import { demoSignIn, freePorts, repoRoot, sipSection, startServer } from "./lib/server.mjs";
 import { pollUntil } from "./lib/util.mjs";
 
 /** @type {Awaited<ReturnType<typeof startServer>>} */
@@ -109,13 +109,7 @@ describe("SIP gateway: a browser calls a phone number", { skip: !tools && "sipp 
     const config = path.join(configDir, "switchboard.toml");
     fs.writeFileSync(
       config,
-      `[sip]
-port = ${sipPort}
-tls_port = 0
-bind = "127.0.0.1"
-rtp_port_min = ${rtpMin}
-rtp_port_max = ${rtpMin + 99}
-[[sip.trunks]]
+      `${sipSection(sipPort, rtpMin)}[[sip.trunks]]
 name = "carrier"
 address = "127.0.0.1:${carrierPort}"
 allow = ["127.0.0.1"]

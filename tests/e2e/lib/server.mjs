@@ -116,6 +116,20 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * @param {{ label?: string, startTimeoutMs?: number, extraArgs?: string[], env?: Record<string,string>, dataDir?: string }} [options]
  * @returns {Promise<{ httpUrl: string, httpPort: number, httpsPort: number, mediaPort: number, mediaPorts: number[], dataDir: string, logPath: string, stop: () => Promise<void> }>}
  */
+/**
+ * The `[sip]` section of a test config: the gateway on loopback `sipPort` (no TLS), RTP on the 100 ports from
+ * `rtpMin`. Trunks and numbers follow it in the caller's TOML.
+ */
+export function sipSection(sipPort, rtpMin) {
+  return `[sip]
+port = ${sipPort}
+tls_port = 0
+bind = "127.0.0.1"
+rtp_port_min = ${rtpMin}
+rtp_port_max = ${rtpMin + 99}
+`;
+}
+
 export async function startServer(options = {}) {
   const label = options.label || "e2e";
   const bin = serverBinary();
