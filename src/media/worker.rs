@@ -383,6 +383,7 @@ struct Meters {
     plis_received: Counter,
     nacks_sent: Counter,
     plis_sent: Counter,
+    audio_frames_backlogged: Counter,
     reported: SfuStats,
     last_error_log: Option<Instant>,
     suppressed_errors: u64,
@@ -411,6 +412,7 @@ impl Meters {
             plis_received: counter!("switchboard_media_rtcp_feedback_total", "worker" => w(), "kind" => "pli", "direction" => "received"),
             nacks_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => w(), "kind" => "nack", "direction" => "sent"),
             plis_sent: counter!("switchboard_media_rtcp_feedback_total", "worker" => w(), "kind" => "pli", "direction" => "sent"),
+            audio_frames_backlogged: counter!("switchboard_media_audio_frames_backlogged_total", "worker" => w()),
             reported: SfuStats::default(),
             last_error_log: None,
             worker: index,
@@ -449,6 +451,11 @@ impl Meters {
             .increment(stats.nacks_sent.saturating_sub(self.reported.nacks_sent));
         self.plis_sent
             .increment(stats.plis_sent.saturating_sub(self.reported.plis_sent));
+        self.audio_frames_backlogged.increment(
+            stats
+                .frames_backlogged
+                .saturating_sub(self.reported.frames_backlogged),
+        );
         self.reported = stats;
         self.participants.set(sfu.participant_count() as f64);
         self.rooms.set(sfu.room_count() as f64);

@@ -810,6 +810,11 @@ impl Sfu {
             match outcome {
                 None => continue,
                 Some(WriteOutcome::Skipped) => continue,
+                Some(WriteOutcome::Backlogged) => {
+                    self.out.stats.frames_dropped += 1;
+                    self.out.stats.frames_backlogged += 1;
+                    continue;
+                }
                 Some(WriteOutcome::Written) => self.out.stats.frames_forwarded += 1,
                 Some(WriteOutcome::Unsupported { source, first }) => {
                     self.out.stats.frames_dropped += 1;

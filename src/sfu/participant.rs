@@ -164,6 +164,11 @@ impl Subscription {
     }
 }
 
+/// Most packets of one audio m-line str0m may hold unsent before further frames for it are
+/// dropped (10: 200 ms of 20 ms Opus frames). Audio is not paced, so a healthy m-line holds 0-1;
+/// more means the media worker fell behind, and queueing more would only add latency and memory.
+pub(crate) const MAX_UNSENT_AUDIO_PACKETS: usize = 10;
+
 /// What forwarding a frame to a subscriber asked of the engine besides the write.
 #[derive(Debug, Default)]
 pub(crate) struct ForwardSide {
@@ -187,6 +192,9 @@ pub(crate) enum WriteOutcome {
     Dropped(String),
     /// Not for this subscriber: another simulcast layer than the one it gets, or not rendered.
     Skipped,
+    /// Dropped: str0m still holds more than [`MAX_UNSENT_AUDIO_PACKETS`] unsent packets of the
+    /// m-line (the worker is behind), and late audio is worth less than none.
+    Backlogged,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -696,7 +704,10 @@ impl Participant {
     /// [`select`]ed for it at that layer's next keyframe. While the downlink is constrained, the
     /// m-line still carries a larger layer than the one selected and str0m's pacer queue is
     /// backed up ([`Backlog`]), no frame is written; the m-line resumes at a keyframe of the
-    /// layer selected once the queue drained. The caller must drain before
+    /// layer selected once the queue drained. An audio frame is packetized at once (the
+    /// subscriber's str0m timeout is run after the write), or dropped
+    /// ([`WriteOutcome::Backlogged`]) while str0m still holds more than
+    /// [`MAX_UNSENT_AUDIO_PACKETS`] unsent packets of the m-line. The caller must drain before
     /// the next write (str0m's `WriteWithoutPoll`).
     pub(crate) fn forward(
         &mut self,
@@ -776,9 +787,19 @@ impl Participant {
             data.time.frequency(),
         );
         let source = sub.source;
+        let audio = sub.kind.is_audio();
+        if audio && self.unsent_packets(mid) > MAX_UNSENT_AUDIO_PACKETS {
+            return Some(WriteOutcome::Backlogged);
+        }
         Some(match self.write_media(mid, data, time) {
             Ok(()) => {
                 self.subscriptions[index].last_out = Some((time.numer(), data.network_time));
+                if audio {
+                    // str0m packetizes one written frame per m-line and timeout: run it now, or a
+                    // worker that takes many datagrams between timer passes queues audio faster
+                    // than it goes out (unbounded latency and memory under load).
+                    self.handle_input(Input::Timeout(now));
+                }
                 WriteOutcome::Written
             }
             Err(WriteError::NoCodec) => {
@@ -789,6 +810,15 @@ impl Participant {
             }
             Err(WriteError::Other(reason)) => WriteOutcome::Dropped(reason),
         })
+    }
+
+    /// Packets str0m holds unsent for m-line `mid` (at its latest queue update); 0 if unknown.
+    fn unsent_packets(&mut self, mid: Mid) -> usize {
+        self.rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .and_then(|s| Some(s.queue_info()?.packet_count()))
+            .unwrap_or(0)
     }
 
     /// Bytes str0m's pacer holds for the open video m-lines (media, resends and padding of the

@@ -198,8 +198,12 @@ pub struct SfuStats {
     pub bytes_out: u64,
     /// Media frames written to a subscriber.
     pub frames_forwarded: u64,
-    /// Media frames that could not be written to a subscriber (no common codec, not yet connected).
+    /// Media frames that could not be written to a subscriber (no common codec, not yet connected,
+    /// backlogged).
     pub frames_dropped: u64,
+    /// Audio frames dropped because str0m still held too many unsent packets of the subscriber's
+    /// m-line (the media worker fell behind; included in `frames_dropped`).
+    pub frames_backlogged: u64,
     /// Keyframe requests from subscribers passed on to a publisher (after throttling).
     pub keyframe_requests_forwarded: u64,
     /// Keyframe requests the SFU itself sent to a publisher: a frame was missing, or a subscriber
