@@ -156,6 +156,9 @@ struct Subscription {
     /// Whether video frames go to str0m's pacer queue now (simulcast m-lines of a constrained
     /// downlink stop while the queue is backed up).
     backlog: Backlog,
+    /// Audio frames written since str0m's unsent packets were last looked at (every
+    /// [`UNSENT_AUDIO_CHECK_EVERY`] frames: the lookup scans the streams).
+    unchecked_audio: u8,
 }
 
 impl Subscription {
@@ -168,6 +171,11 @@ impl Subscription {
 /// dropped (10: 200 ms of 20 ms Opus frames). Audio is not paced, so a healthy m-line holds 0-1;
 /// more means the media worker fell behind, and queueing more would only add latency and memory.
 pub(crate) const MAX_UNSENT_AUDIO_PACKETS: usize = 10;
+
+/// How often (in audio frames written to an m-line) its unsent packets are counted: at most this
+/// many more than [`MAX_UNSENT_AUDIO_PACKETS`] can be queued. The count cost 2.4 % of the server's
+/// CPU in `audio-room 10 x 100` when taken for every frame.
+const UNSENT_AUDIO_CHECK_EVERY: u8 = 8;
 
 /// What forwarding a frame to a subscriber asked of the engine besides the write.
 #[derive(Debug, Default)]
@@ -533,6 +541,7 @@ impl Participant {
                     last_out: None,
                     rebase: false,
                     backlog: Backlog::default(),
+                    unchecked_audio: 0,
                 });
             }
         }
@@ -788,7 +797,13 @@ impl Participant {
         );
         let source = sub.source;
         let audio = sub.kind.is_audio();
-        if audio && self.unsent_packets(mid) > MAX_UNSENT_AUDIO_PACKETS {
+        let check = audio && sub.unchecked_audio == 0;
+        if audio {
+            sub.unchecked_audio = (sub.unchecked_audio + 1) % UNSENT_AUDIO_CHECK_EVERY;
+        }
+        if check && self.unsent_packets(mid) > MAX_UNSENT_AUDIO_PACKETS {
+            // Looked at again on the next frame while it is backed up.
+            self.subscriptions[index].unchecked_audio = 0;
             return Some(WriteOutcome::Backlogged);
         }
         Some(match self.write_media(mid, data, time) {
