@@ -10,63 +10,44 @@ mod sip_support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sip_support::{ECHO, code, sip_addrs, sip_server, udp_until};
+use sip_support::{ECHO, Uac, code, sip_addrs, sip_server, udp_until};
 use switchboard::proto::sip::message::Message;
-use tokio::net::UdpSocket;
 
-/// A caller on 127.0.0.1 with its own SIP socket and Call-ID.
+/// A caller on 127.0.0.1 dialling the echo line ([`Uac`]), with the dialog steps these tests need.
 struct Caller {
-    sock: UdpSocket,
-    gw: SocketAddr,
-    call_id: String,
-    to_tag: Option<String>,
+    uac: Uac,
 }
 
 impl Caller {
     async fn new(gw: SocketAddr) -> Caller {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let call_id = format!("timer-{}", sock.local_addr().unwrap().port());
         Caller {
-            sock,
-            gw,
-            call_id,
-            to_tag: None,
+            uac: Uac::new("127.0.0.1:0", gw).await,
         }
     }
 
+    /// A request to the echo line; an SDP `body` gets its Content-Type.
     fn request(&self, method: &str, cseq: u32, extra: &str, body: &str) -> Vec<u8> {
-        let local = self.sock.local_addr().unwrap();
-        let to_tag = self
-            .to_tag
-            .as_ref()
-            .map(|t| format!(";tag={t}"))
-            .unwrap_or_default();
         let ct = if body.is_empty() {
             ""
         } else {
             "Content-Type: application/sdp\r\n"
         };
-        format!(
-            "{method} sip:{ECHO}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{cid}{cseq}{method}\r\nMax-Forwards: 70\r\nFrom: <sip:+15550999@{local}>;tag=c1\r\nTo: <sip:{ECHO}@{gw}>{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\nContact: <sip:caller@{local}>\r\n{extra}{ct}Content-Length: {len}\r\n\r\n{body}",
-            gw = self.gw,
-            cid = self.call_id,
-            len = body.len()
-        )
-        .into_bytes()
+        let extra = format!("{extra}{ct}");
+        self.uac.request(method, ECHO, cseq, method, &extra, body)
     }
 
     async fn send(&self, bytes: &[u8]) {
-        self.sock.send_to(bytes, self.gw).await.unwrap();
+        self.uac.send(bytes).await;
     }
 
     /// INVITE with `extra` headers, the final response (its To tag kept), and the ACK of a 2xx.
     async fn invite(&mut self, cseq: u32, extra: &str) -> Message {
         let sdp = "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n";
         self.send(&self.request("INVITE", cseq, extra, sdp)).await;
-        let got = udp_until(&self.sock, Duration::from_secs(5), |m| code(m) >= 200).await;
+        let got = udp_until(&self.uac.sock, Duration::from_secs(5), |m| code(m) >= 200).await;
         let last = got.last().expect("a final response").clone();
         if let Some(t) = last.to_tag() {
-            self.to_tag = Some(t);
+            self.uac.to_tag = Some(t);
         }
         self.send(&self.request("ACK", cseq, "", "")).await;
         last
@@ -75,13 +56,13 @@ impl Caller {
     /// BYE with CSeq `cseq`, and its 200.
     async fn hang_up(&self, cseq: u32) {
         self.send(&self.request("BYE", cseq, "", "")).await;
-        let got = udp_until(&self.sock, Duration::from_secs(5), |m| code(m) >= 200).await;
+        let got = udp_until(&self.uac.sock, Duration::from_secs(5), |m| code(m) >= 200).await;
         assert_eq!(got.last().map(code), Some(200), "BYE answered");
     }
 
     /// Waits up to `within` for a request from the gateway.
     async fn next_request(&self, within: Duration) -> Option<Message> {
-        let got = udp_until(&self.sock, within, |m| m.method().is_some()).await;
+        let got = udp_until(&self.uac.sock, within, |m| m.method().is_some()).await;
         got.into_iter().find(|m| m.method().is_some())
     }
 
@@ -100,7 +81,7 @@ impl Caller {
         };
         head.push_str(&format!(
             "Contact: <sip:caller@{}>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
-            self.sock.local_addr().unwrap(),
+            self.uac.sock.local_addr().unwrap(),
             body.len()
         ));
         self.send(head.as_bytes()).await;
@@ -137,7 +118,7 @@ async fn a_short_interval_gets_422_and_a_refreshing_caller_keeps_the_call_until_
 
     // An offer in UPDATE is refused; a refresh UPDATE is answered with the timer.
     c.send(&c.request("UPDATE", 2, "", "v=0\r\n")).await;
-    let got = udp_until(&c.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
+    let got = udp_until(&c.uac.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
     assert_eq!(got.last().map(code), Some(488));
     let refreshed = Instant::now();
     c.send(&c.request(
@@ -147,7 +128,7 @@ async fn a_short_interval_gets_422_and_a_refreshing_caller_keeps_the_call_until_
         "",
     ))
     .await;
-    let got = udp_until(&c.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
+    let got = udp_until(&c.uac.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
     let upd = got.last().expect("a response to UPDATE");
     assert_eq!(code(upd), 200);
     assert_eq!(upd.header("Session-Expires"), Some("90;refresher=uac"));
@@ -155,7 +136,7 @@ async fn a_short_interval_gets_422_and_a_refreshing_caller_keeps_the_call_until_
     // An UPDATE out of order (CSeq below the last one) is refused and refreshes nothing.
     c.send(&c.request("UPDATE", 1, "Session-Expires: 90;refresher=uac\r\n", ""))
         .await;
-    let got = udp_until(&c.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
+    let got = udp_until(&c.uac.sock, Duration::from_secs(3), |m| code(m) >= 200).await;
     assert_eq!(got.last().map(code), Some(500));
 
     // We stop refreshing: the gateway ends the session min(32, 90/3) = 30 s before the interval would (60 s).
@@ -212,7 +193,7 @@ async fn refreshed_by_update(udp: SocketAddr) {
     );
     assert_eq!(upd.header("Session-Expires"), Some("90;refresher=uas"));
     assert!(upd.body.is_empty());
-    assert_eq!(upd.to_tag().as_deref(), Some("c1"), "To is the caller");
+    assert_eq!(upd.to_tag().as_deref(), Some("uac1"), "To is the caller");
     c.answer(&upd, 200, "Session-Expires: 90;refresher=uas\r\n", "")
         .await;
     // Answered: no BYE follows (the next refresh is 45 s later).

@@ -189,3 +189,82 @@ pub async fn assert_serving(udp: SocketAddr, tcp: SocketAddr, n: u32) {
         "OPTIONS over TCP answered"
     );
 }
+
+/// A SIP caller (UAC) over raw UDP with its own socket and Call-ID, dialling numbers at `gw`.
+pub struct Uac {
+    pub sock: UdpSocket,
+    /// The gateway's SIP address.
+    pub gw: SocketAddr,
+    pub call_id: String,
+    /// The dialog's remote tag, once a response carried one: put in To of later requests.
+    pub to_tag: Option<String>,
+}
+
+impl Uac {
+    pub async fn new(bind: &str, gw: SocketAddr) -> Uac {
+        let sock = UdpSocket::bind(bind).await.unwrap();
+        let call_id = format!("uac-{}-{}", sock.local_addr().unwrap().port(), rand_u32());
+        Uac {
+            sock,
+            gw,
+            call_id,
+            to_tag: None,
+        }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    /// A request `method` to `number` with CSeq `cseq cseq_method`, `extra` header lines (each ending in CRLF) and
+    /// `body`; the To tag once known. CANCEL shares the INVITE's branch (RFC 3261 §9.1).
+    pub fn request(
+        &self,
+        method: &str,
+        number: &str,
+        cseq: u32,
+        cseq_method: &str,
+        extra: &str,
+        body: &str,
+    ) -> Vec<u8> {
+        let to_tag = self
+            .to_tag
+            .as_ref()
+            .map(|t| format!(";tag={t}"))
+            .unwrap_or_default();
+        let local = self.local();
+        let branch = if method == "CANCEL" {
+            format!("z9hG4bK{}{cseq}", self.call_id)
+        } else {
+            format!("z9hG4bK{}{cseq}{method}", self.call_id)
+        };
+        format!(
+            "{method} sip:{number}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:+15550999@{local}>;tag=uac1\r\nTo: <sip:{number}@{gw}>{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {cseq_method}\r\nContact: <sip:uac@{local}>\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
+            gw = self.gw,
+            cid = self.call_id,
+            len = body.len()
+        )
+        .into_bytes()
+    }
+
+    pub async fn send(&self, bytes: &[u8]) {
+        self.sock.send_to(bytes, self.gw).await.unwrap();
+    }
+
+    /// Sends an INVITE with SDP `sdp` (CSeq 2 once a dialog exists, as a re-INVITE).
+    pub async fn invite(&self, number: &str, sdp: &str) {
+        let extra = "Content-Type: application/sdp\r\n";
+        let mut r = self.request("INVITE", number, 1, "INVITE", extra, sdp);
+        if self.to_tag.is_some() {
+            r = self.request("INVITE", number, 2, "INVITE", extra, sdp);
+        }
+        self.send(&r).await;
+    }
+}
+
+fn rand_u32() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
